@@ -1,0 +1,33 @@
+"""Build the C++ selector extension; everything else is declared in pyproject.toml.
+
+Portable -O3 by default. Set ROUTOO_NATIVE=1 to add -march=native for a machine-local build.
+"""
+import os
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+extra_compile_args = ["-O3", "-fno-math-errno", "-fvisibility=hidden"]
+if os.environ.get("ROUTOO_NATIVE") == "1":
+    extra_compile_args.append("-march=native")
+
+ext_modules = [
+    Pybind11Extension(
+        "routoo_fast._selector",
+        ["csrc/bindings.cpp"],
+        include_dirs=["csrc/include"],
+        depends=[os.path.join("csrc/include/routoo", f) for f in sorted(os.listdir("csrc/include/routoo"))],
+        cxx_std=17,
+        extra_compile_args=extra_compile_args,
+    )
+]
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+    packages=["routoo_fast", "routoo_fast.kernels"],
+    package_dir={"routoo_fast": "routoo_fast", "routoo_fast.kernels": "kernels"},
+    package_data={"routoo_fast": ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    zip_safe=False,
+)

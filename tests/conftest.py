@@ -1,0 +1,30 @@
+"""Test-wide setup.
+
+TRITON_INTERPRET must be set before any `@triton.jit` function is decorated (triton decides at decoration
+time), so it is set here, before a test module can import routoo_fast.kernels. On a CUDA machine the real
+compiler is used unless the caller set the variable themselves.
+"""
+import os
+
+import pytest
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
