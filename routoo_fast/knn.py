@@ -1,0 +1,75 @@
+"""The k-nearest-neighbour predictor, RouterBench's baseline router.
+
+For a query x, take the k training prompts with the highest cosine similarity to x and predict, per model, the
+mean of their observed outcomes: Q[b, j] = mean_{i in knn(b), y[i, j] observed} y[i, j]. If none of the k
+neighbours has an outcome for model j, fall back to model j's mean over all training prompts. Exact brute force:
+one matmul of unit vectors per query block, then a partial sort.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, D], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} has NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class KNNPredictor:
+    """kNN over pooled prompt encodings with cosine similarity; `predict` returns [B, N] in [0, 1]."""
+
+    def __init__(self, k: int = 40, metric: str = "cosine", block_size: int = 1024):
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if metric != "cosine":
+            raise ValueError(f"metric must be 'cosine', got {metric!r}")
+        self.k = int(k)
+        self.metric = metric
+        self.block_size = int(block_size)
+        self._x: np.ndarray | None = None
+
+    def fit(self, features, scores) -> "KNNPredictor":
+        """Remember unit-normalised `features` [P, D] and `scores` [P, N] (NaN = missing)."""
+        x = _unit_rows(features, "features")
+        y = np.asarray(scores, dtype=np.float32)
+        if y.ndim != 2 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"scores must be [P, N] with P = {x.shape[0]} rows of features, got shape {y.shape}")
+        observed = y[~np.isnan(y)]
+        if observed.size and (observed.min() < 0 or observed.max() > 1):
+            raise ValueError("scores must be in [0, 1] (NaN = missing)")
+        self._x = x
+        self._observed = (~np.isnan(y)).astype(np.float32)
+        self._y0 = np.nan_to_num(y, nan=0.0)
+        counts = self._observed.sum(0)
+        # a model never observed in training gets 0.5: no information either way
+        self._fallback = np.where(counts > 0, self._y0.sum(0) / np.maximum(counts, 1), 0.5).astype(np.float32)
+        return self
+
+    def neighbours(self, features) -> np.ndarray:
+        """Indices [B, k'] (k' = min(k, P)) of each query's nearest training rows, most similar first."""
+        if self._x is None:
+            raise RuntimeError("KNNPredictor.fit must be called before predict")
+        q = _unit_rows(features, "features")
+        if q.shape[1] != self._x.shape[1]:
+            raise ValueError(f"features have D = {q.shape[1]}, the fitted data has D = {self._x.shape[1]}")
+        k = min(self.k, self._x.shape[0])
+        out = np.empty((q.shape[0], k), dtype=np.int64)
+        for s in range(0, q.shape[0], self.block_size):
+            sim = q[s:s + self.block_size] @ self._x.T  # [b, P]
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else \
+                np.broadcast_to(np.arange(sim.shape[1]), sim.shape).copy()
+            order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
+            out[s:s + self.block_size] = np.take_along_axis(top, order, axis=1)
+        return out
+
+    def predict(self, features) -> np.ndarray:
+        """Mean neighbour outcome per model, [B, N] float32 (see the module docstring for missing outcomes)."""
+        idx = self.neighbours(features)  # [B, k]
+        total = self._y0[idx].sum(1)  # [B, N]
+        count = self._observed[idx].sum(1)
+        return np.where(count > 0, total / np.maximum(count, 1), self._fallback).astype(np.float32)
