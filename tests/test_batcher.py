@@ -1,0 +1,216 @@
+"""MicroBatcher: every caller gets exactly its own rows, batches really form, errors reach every caller,
+the queue is bounded, and shutdown finishes queued work. The reference is calling `fn` on each request alone."""
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from routoo_fast.batcher import BatcherClosed, MicroBatcher, QueueFull, approx_tokens
+
+
+def row_fn(prompts):
+    """A deterministic per-prompt function: row = [len(p), hash-ish of p] so rows are distinguishable."""
+    return np.array([[len(p), sum(map(ord, p)) % 9973] for p in prompts], dtype=np.float64)
+
+
+class Recorder:
+    """Wraps a fn and records the size of every call (thread-safe: only the worker thread calls it)."""
+
+    def __init__(self, fn=row_fn, delay=0.0):
+        self.fn, self.delay, self.sizes = fn, delay, []
+
+    def __call__(self, prompts):
+        self.sizes.append(len(prompts))
+        if self.delay:
+            time.sleep(self.delay)
+        return self.fn(prompts)
+
+
+def test_single_call_matches_direct():
+    with MicroBatcher(row_fn) as b:
+        got = b(["a", "bb", "ccc"])
+    np.testing.assert_array_equal(got, row_fn(["a", "bb", "ccc"]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.text(min_size=0, max_size=12), min_size=1, max_size=5), min_size=1, max_size=30))
+def test_threads_each_get_their_own_rows(requests):
+    rec = Recorder(delay=0.001)
+    results = [None] * len(requests)
+    with MicroBatcher(rec, max_wait=0.005, max_batch_prompts=16) as b:
+        def call(i):
+            results[i] = b(requests[i])
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for req, got in zip(requests, results):
+        np.testing.assert_array_equal(got, row_fn(req))
+    assert sum(rec.sizes) == sum(map(len, requests))
+    # a request larger than max_batch_prompts is never split, and nothing else joins a full batch
+    assert all(s <= 16 or s in {len(r) for r in requests} for s in rec.sizes)
+
+
+def test_concurrent_callers_share_batches():
+    rec = Recorder(delay=0.02)
+    with MicroBatcher(rec, max_wait=0.05, max_batch_prompts=64) as b:
+        threads = [threading.Thread(target=b, args=([f"p{i}"],)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(rec.sizes) == 32
+    assert len(rec.sizes) < 32, f"no batching happened: {rec.sizes}"
+    assert max(rec.sizes) > 1
+
+
+def test_batch_prompt_limit_respected():
+    rec = Recorder(delay=0.01)
+    with MicroBatcher(rec, max_wait=0.05, max_batch_prompts=4) as b:
+        futures = [b.submit([f"p{i}"]) for i in range(20)]
+        for f in futures:
+            f.result(5)
+    assert max(rec.sizes) <= 4 and sum(rec.sizes) == 20
+
+
+def test_token_budget_respected():
+    rec = Recorder()
+    prompt = "x" * 40  # 10 estimated tokens
+    with MicroBatcher(rec, max_wait=0.05, max_batch_tokens=30, max_batch_prompts=100) as b:
+        futures = [b.submit([prompt]) for _ in range(12)]
+        for f in futures:
+            f.result(5)
+    assert max(rec.sizes) <= 3 and sum(rec.sizes) == 12
+
+
+def test_max_wait_bounds_latency_of_a_lone_request():
+    with MicroBatcher(row_fn, max_wait=0.002) as b:
+        t0 = time.perf_counter()
+        b(["hello"])
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5  # generous: the point is it does not wait for a full batch
+
+
+def test_exception_reaches_every_caller_and_worker_survives():
+    def failing(prompts):
+        if any(p == "boom" for p in prompts):
+            raise ValueError("bad prompt in batch")
+        return row_fn(prompts)
+
+    with MicroBatcher(failing, max_wait=0.05) as b:
+        futures = [b.submit(["boom"]), b.submit(["ok"]), b.submit(["fine"])]
+        for f in futures:
+            with pytest.raises(ValueError, match="bad prompt"):
+                f.result(5)
+        np.testing.assert_array_equal(b(["after"]), row_fn(["after"]))
+
+
+def test_wrong_row_count_is_an_error_not_a_silent_misassignment():
+    with MicroBatcher(lambda ps: np.zeros((len(ps) + 1, 2))) as b:
+        with pytest.raises(RuntimeError, match="rows"):
+            b(["a"], timeout=5)
+
+
+def test_queue_full_back_pressure():
+    gate = threading.Event()
+
+    def blocked(prompts):
+        gate.wait(5)
+        return row_fn(prompts)
+
+    b = MicroBatcher(blocked, max_wait=0.0, max_batch_prompts=1, max_queue=3)
+    try:
+        first = b.submit(["in-flight"])
+        deadline = time.monotonic() + 5
+        while b.queue_depth and time.monotonic() < deadline:  # wait until the worker holds it
+            time.sleep(0.001)
+        waiting = [b.submit([f"q{i}"]) for i in range(3)]
+        with pytest.raises(QueueFull):
+            b.submit(["one too many"])
+        gate.set()
+        for f in [first] + waiting:
+            assert f.result(5).shape == (1, 2)
+        b(["room again"], timeout=5)
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_close_serves_queued_work_then_refuses():
+    rec = Recorder(delay=0.01)
+    b = MicroBatcher(rec, max_wait=0.0, max_batch_prompts=1)
+    futures = [b.submit([f"p{i}"]) for i in range(5)]
+    b.close()
+    assert all(f.done() for f in futures)
+    assert [f.result().shape for f in futures] == [(1, 2)] * 5
+    with pytest.raises(BatcherClosed):
+        b.submit(["late"])
+    b.close()  # idempotent
+
+
+def test_asyncio_callers():
+    rec = Recorder(delay=0.005)
+
+    async def main(b):
+        prompts = [[f"prompt {i}", "x" * i] for i in range(40)]
+        results = await asyncio.gather(*(b.acall(p) for p in prompts))
+        for p, r in zip(prompts, results):
+            np.testing.assert_array_equal(r, row_fn(p))
+
+    with MicroBatcher(rec, max_wait=0.01) as b:
+        asyncio.run(main(b))
+    assert len(rec.sizes) < 40
+
+
+def test_cancelled_async_caller_does_not_break_others():
+    gate = threading.Event()
+
+    def slow(prompts):
+        gate.wait(5)
+        return row_fn(prompts)
+
+    async def main(b):
+        first = asyncio.ensure_future(b.acall(["first"]))   # occupies the worker
+        await asyncio.sleep(0.02)
+        doomed = asyncio.ensure_future(b.acall(["doomed"]))
+        kept = asyncio.ensure_future(b.acall(["kept"]))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        gate.set()
+        np.testing.assert_array_equal(await kept, row_fn(["kept"]))
+        np.testing.assert_array_equal(await first, row_fn(["first"]))
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+
+    with MicroBatcher(slow, max_wait=0.0, max_batch_prompts=1) as b:
+        asyncio.run(main(b))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_wait": -1}, "max_wait"),
+        ({"max_wait": float("nan")}, "max_wait"),
+        ({"max_batch_prompts": 0}, "max_batch_prompts"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MicroBatcher(row_fn, **kwargs)
+
+
+def test_empty_submit_rejected():
+    with MicroBatcher(row_fn) as b:
+        with pytest.raises(ValueError, match="empty"):
+            b.submit([])
+
+
+def test_approx_tokens():
+    assert approx_tokens("") == 1
+    assert approx_tokens("abcd" * 10) == 10
