@@ -1,0 +1,436 @@
+"""Outcome data: which LLM got which prompt right, as a prompts x models table, and loaders for real sources.
+
+`OutcomeTable` holds, for P prompts and N models:
+  scores        float32 [P, N]  in [0, 1] (1 = correct; soft scores allowed), NaN = no outcome recorded
+  cost          float64 [P, N]  real USD per call where the source has it (RouterBench), NaN elsewhere; or None
+  input_tokens  int32   [P]     prompt length in tokens (an estimate unless a tokenizer was given); or None
+  output_tokens float32 [P, N]  observed output length in tokens (chars / 4 where only characters are known); or None
+  meta          dict of per-prompt 1-D arrays [P] (`id`, `task`, `subject`, `split`, ...)
+
+Token estimates: without a tokenizer, tokens = ceil(chars / 4) (the usual ~4 characters per token of English BPE
+vocabularies); pass `tokenizer=` (a callable text -> token ids, e.g. a Hugging Face tokenizer's `encode`) for exact
+counts of the prompt. Output tokens are always chars / 4: the sources record only the length of the generated text.
+
+Loaders validate what they read: a malformed file raises ValueError naming the file and the line (1-based, the
+header is line 1) or the row.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "OutcomeTable",
+    "format_mcq",
+    "split_by_hash",
+    "estimate_tokens",
+    "count_tokens",
+    "load_default",
+    "load_mmlu_pro",
+    "shared_data_dir",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLE_QUESTIONS = ASSETS / "mmlu_pro_ori_questions.jsonl.gz"
+BUNDLE_OUTCOMES = ASSETS / "mmlu_pro_ori_outcomes.npz"
+CHARS_PER_TOKEN = 4.0
+SPLIT_NAMES = ("train", "val", "test")
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+# --------------------------------------------------------------------------------------------------- the table
+def _as_float_array(name: str, value, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+@dataclass
+class OutcomeTable:
+    """Scores of N models on P prompts (see the module docstring for each field's shape and meaning)."""
+
+    prompts: list[str]
+    models: list[str]
+    scores: np.ndarray
+    cost: np.ndarray | None = None
+    input_tokens: np.ndarray | None = None
+    output_tokens: np.ndarray | None = None
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, (str, bytes)) or not isinstance(self.prompts, Sequence):
+            raise TypeError(f"prompts must be a list of str, got {type(self.prompts).__name__}")
+        self.prompts = list(self.prompts)
+        for i, p in enumerate(self.prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompts[{i}] must be str, got {type(p).__name__}")
+        if isinstance(self.models, (str, bytes)) or not isinstance(self.models, Sequence):
+            raise TypeError(f"models must be a list of str, got {type(self.models).__name__}")
+        self.models = list(self.models)
+        for i, m in enumerate(self.models):
+            if not isinstance(m, str) or not m:
+                raise TypeError(f"models[{i}] must be a non-empty str, got {m!r}")
+        if len(set(self.models)) != len(self.models):
+            dup = sorted({m for m in self.models if self.models.count(m) > 1})
+            raise ValueError(f"models must be unique, duplicated: {dup}")
+        P, N = len(self.prompts), len(self.models)
+
+        self.scores = _as_float_array("scores", self.scores, np.float32, (P, N))
+        bad = ~np.isnan(self.scores) & ((self.scores < 0) | (self.scores > 1))
+        if bad.any():
+            p, n = np.argwhere(bad)[0]
+            raise ValueError(
+                f"scores must lie in [0, 1] or be NaN; scores[{p}, {n}] = {self.scores[p, n]} (model {self.models[n]!r})"
+            )
+        if self.cost is not None:
+            self.cost = _as_float_array("cost", self.cost, np.float64, (P, N))
+            if np.isinf(self.cost).any() or (self.cost < 0).any():
+                p, n = np.argwhere(np.isinf(self.cost) | (self.cost < 0))[0]
+                raise ValueError(f"cost must be finite and >= 0 or NaN; cost[{p}, {n}] = {self.cost[p, n]}")
+        if self.input_tokens is not None:
+            arr = np.asarray(self.input_tokens)
+            if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+                raise TypeError(f"input_tokens must be integer counts, got dtype {arr.dtype}")
+            if arr.shape != (P,):
+                raise ValueError(f"input_tokens must have shape ({P},), got {arr.shape}")
+            if (arr < 0).any():
+                raise ValueError(f"input_tokens must be >= 0, got min {arr.min()}")
+            self.input_tokens = np.ascontiguousarray(arr, dtype=np.int32)
+        if self.output_tokens is not None:
+            self.output_tokens = _as_float_array("output_tokens", self.output_tokens, np.float32, (P, N))
+            if np.isinf(self.output_tokens).any() or (self.output_tokens < 0).any():
+                raise ValueError("output_tokens must be finite and >= 0 or NaN")
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta must be a dict of per-prompt arrays, got {type(self.meta).__name__}")
+        meta = {}
+        for key, col in self.meta.items():
+            if not isinstance(key, str):
+                raise TypeError(f"meta keys must be str, got {key!r}")
+            arr = np.asarray(col)
+            if arr.shape != (P,):
+                raise ValueError(f"meta[{key!r}] must have shape ({P},), got {arr.shape}")
+            meta[key] = arr
+        self.meta = meta
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
+
+    def model_index(self, name: str) -> int:
+        """Column of model `name`; ValueError naming it if it is not in the table."""
+        try:
+            return self.models.index(name)
+        except ValueError:
+            raise ValueError(f"unknown model {name!r}; the table has {self.models}") from None
+
+    def subset(self, rows) -> "OutcomeTable":
+        """The table restricted to `rows` (integer indices or a boolean mask of length P), in that order."""
+        idx = np.asarray(rows)
+        if idx.dtype == bool:
+            if idx.shape != (self.n_prompts,):
+                raise ValueError(f"boolean rows must have shape ({self.n_prompts},), got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        elif idx.dtype.kind in "iu" and idx.ndim == 1:
+            if idx.size and (idx.min() < -self.n_prompts or idx.max() >= self.n_prompts):
+                raise ValueError(f"row index out of range for {self.n_prompts} prompts")
+        else:
+            raise TypeError(f"rows must be a 1-D integer index or boolean mask, got dtype {idx.dtype} ndim {idx.ndim}")
+        return OutcomeTable(
+            prompts=[self.prompts[i] for i in idx],
+            models=list(self.models),
+            scores=self.scores[idx],
+            cost=None if self.cost is None else self.cost[idx],
+            input_tokens=None if self.input_tokens is None else self.input_tokens[idx],
+            output_tokens=None if self.output_tokens is None else self.output_tokens[idx],
+            meta={k: v[idx] for k, v in self.meta.items()},
+        )
+
+    def select_models(self, names: Iterable[str]) -> "OutcomeTable":
+        """The table with only the models `names`, in that order (unknown name -> ValueError naming it)."""
+        names = [names] if isinstance(names, str) else list(names)
+        cols = [self.model_index(n) for n in names]
+        return OutcomeTable(
+            prompts=list(self.prompts),
+            models=names,
+            scores=self.scores[:, cols],
+            cost=None if self.cost is None else self.cost[:, cols],
+            input_tokens=None if self.input_tokens is None else self.input_tokens.copy(),
+            output_tokens=None if self.output_tokens is None else self.output_tokens[:, cols],
+            meta={k: v.copy() for k, v in self.meta.items()},
+        )
+
+    def split(self, name: str) -> "OutcomeTable":
+        """Rows whose meta['split'] == name (compute it with `split_by_hash(table.prompts)` if absent)."""
+        if "split" not in self.meta:
+            raise ValueError("table has no meta['split']; set it with split_by_hash(table.prompts)")
+        return self.subset(self.meta["split"] == name)
+
+    def __repr__(self) -> str:
+        seen = np.isfinite(self.scores).mean() if self.scores.size else 0.0
+        return (
+            f"OutcomeTable({self.n_prompts} prompts x {self.n_models} models, {seen:.1%} observed, "
+            f"cost={'yes' if self.cost is not None else 'no'}, meta={sorted(self.meta)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------- text helpers
+def format_mcq(question: str, options: Sequence[str]) -> str:
+    """MCQ prompt text: the question, then one line per option `"A. option"` (letters A, B, ...)."""
+    if not isinstance(question, str):
+        raise TypeError(f"question must be str, got {type(question).__name__}")
+    if isinstance(options, str) or not isinstance(options, Sequence):
+        raise TypeError(f"options must be a list of str, got {type(options).__name__}")
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"at most {len(OPTION_LETTERS)} options, got {len(options)}")
+    lines = [question]
+    for letter, opt in zip(OPTION_LETTERS, options):
+        if not isinstance(opt, str):
+            raise TypeError(f"options must be str, got {type(opt).__name__} for option {letter}")
+        lines.append(f"{letter}. {opt}")
+    return "\n".join(lines)
+
+
+def estimate_tokens(texts: Sequence[str]) -> np.ndarray:
+    """Tokenizer-free token count estimate: ceil(len(text) / 4) per text -> int32 [B]."""
+    return np.array([math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts], dtype=np.int32)
+
+
+def count_tokens(texts: Sequence[str], tokenizer: Callable[[str], Sequence[int]] | None = None) -> np.ndarray:
+    """Token counts int32 [B]: len(tokenizer(text)) if a tokenizer is given, else `estimate_tokens`."""
+    if tokenizer is None:
+        return estimate_tokens(texts)
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be callable (text -> token ids), got {type(tokenizer).__name__}")
+    return np.array([len(tokenizer(t)) for t in texts], dtype=np.int32)
+
+
+def split_by_hash(
+    prompts: Sequence[str], fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), salt: str = "routoo-split"
+) -> np.ndarray:
+    """Assign each prompt to "train" / "val" / "test" by a stable hash of its text -> np.str_ array [P].
+
+    u = blake2b(salt NUL text) as a 64-bit integer / 2**64, uniform in [0, 1); the split is the first whose cumulative
+    fraction exceeds u. Identical texts always land in the same split, on every machine and Python version.
+    """
+    if len(fractions) != 3:
+        raise ValueError(f"fractions must be 3 numbers (train, val, test), got {fractions!r}")
+    f = np.asarray(fractions, dtype=np.float64)
+    if not np.all(np.isfinite(f)) or (f < 0).any() or abs(f.sum() - 1.0) > 1e-9:
+        raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions!r}")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of str, not a single str")
+    prefix = salt.encode("utf-8") + b"\0"
+    u = np.empty(len(prompts), dtype=np.float64)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be str, got {type(p).__name__}")
+        digest = hashlib.blake2b(prefix + p.encode("utf-8"), digest_size=8).digest()
+        u[i] = int.from_bytes(digest, "big") / 2.0**64
+    edges = np.cumsum(f)[:2]
+    which = np.searchsorted(edges, u, side="right")
+    return np.asarray(SPLIT_NAMES)[which]
+
+
+# ---------------------------------------------------------------------------------------------- file helpers
+def shared_data_dir() -> Path | None:
+    """The real-data folder: $ROUTOO_SHARED_DATA, else ../shared/data beside the repository; None if absent."""
+    env = os.environ.get("ROUTOO_SHARED_DATA")
+    if env:
+        return Path(env)
+    candidate = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file {path}")
+    return path
+
+
+def _read_jsonl(path: Path, opener=open) -> list[dict]:
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _field(row: dict, key: str, types, path: Path, line_no: int):
+    if key not in row:
+        raise ValueError(f"{path}:{line_no}: missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, types):
+        raise ValueError(f"{path}:{line_no}: field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def _set_csv_field_limit() -> None:
+    # RouterBench rows hold whole model responses; the csv module's default 128 KiB field limit is too small.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def _read_wide_csv(path: Path, key: str, parse: Callable[[str], float]) -> tuple[list[str], list[str], np.ndarray]:
+    """A CSV `key, model_1..model_N` -> (keys, models, values float64 [R, N]); parse('') must give NaN."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or header[0] != key:
+            raise ValueError(f"{path}:1: header must start with {key!r}, got {header[:1] if header else 'empty file'}")
+        models = header[1:]
+        keys, values = [], []
+        for row in reader:
+            line = reader.line_num
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
+            try:
+                values.append([parse(v) for v in row[1:]])
+            except ValueError as e:
+                raise ValueError(f"{path}:{line}: {e}") from None
+            keys.append(row[0])
+    return keys, models, np.array(values, dtype=np.float64).reshape(len(keys), len(models))
+
+
+def _parse_01(value: str) -> float:
+    if value == "":
+        return math.nan
+    if value not in ("0", "1", "0.0", "1.0"):
+        raise ValueError(f"correctness must be 0, 1 or empty, got {value!r}")
+    return float(value)
+
+
+def _parse_count(value: str) -> float:
+    if value == "":
+        return math.nan
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"character count must be an integer or empty, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"character count must be >= 0, got {n}")
+    return float(n)
+
+
+# ------------------------------------------------------------------------------------------------- MMLU-Pro
+def _mmlu_pro_table(
+    questions: list[dict], models: list[str], correct: np.ndarray, chars: np.ndarray, tokenizer=None
+) -> OutcomeTable:
+    """Build the table from question records and [P, N] correctness (NaN = missing) and output characters."""
+    prompts = [format_mcq(q["question"], q["options"]) for q in questions]
+    src = np.array([q["src"] for q in questions])
+    subject = np.array([s[len("ori_mmlu-"):] if s.startswith("ori_mmlu-") else s for s in src])
+    return OutcomeTable(
+        prompts=prompts,
+        models=list(models),
+        scores=correct.astype(np.float32),
+        input_tokens=count_tokens(prompts, tokenizer),
+        output_tokens=(chars / CHARS_PER_TOKEN).astype(np.float32),
+        meta={
+            "id": np.array([q["question_id"] for q in questions], dtype=np.int64),
+            "subject": subject,
+            "category": np.array([q["category"] for q in questions]),
+            "src": src,
+            "task": np.full(len(questions), "mmlu_pro"),
+        },
+    )
+
+
+def _validate_question(row: dict, path: Path, line_no: int) -> dict:
+    _field(row, "question_id", int, path, line_no)
+    _field(row, "question", str, path, line_no)
+    options = _field(row, "options", list, path, line_no)
+    if not options or not all(isinstance(o, str) for o in options):
+        raise ValueError(f"{path}:{line_no}: field 'options' must be a non-empty list of str")
+    _field(row, "category", str, path, line_no)
+    _field(row, "src", str, path, line_no)
+    return row
+
+
+def load_mmlu_pro(path, source: str = "ori_mmlu", tokenizer=None) -> OutcomeTable:
+    """Load ../shared/data/mmlu_pro_outputs (questions.jsonl, correctness.csv, output_chars.csv).
+
+    source="ori_mmlu" keeps the 6,810 questions taken from original MMLU (src "ori_mmlu-<subject>"); "all" keeps all
+    12,032. Prompts are `format_mcq(question, options)`; output_tokens = output_chars / 4; input_tokens from
+    `count_tokens(prompts, tokenizer)`. Rows keep the order of questions.jsonl, models the order of correctness.csv.
+    """
+    if source not in ("ori_mmlu", "all"):
+        raise ValueError(f"source must be 'ori_mmlu' or 'all', got {source!r}")
+    root = Path(path)
+    qpath = _require_file(root / "questions.jsonl", "load_mmlu_pro")
+    cpath = _require_file(root / "correctness.csv", "load_mmlu_pro")
+    opath = _require_file(root / "output_chars.csv", "load_mmlu_pro")
+
+    questions = []
+    with open(qpath, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{qpath}:{line_no}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{qpath}:{line_no}: expected a JSON object")
+            questions.append(_validate_question(row, qpath, line_no))
+    if source == "ori_mmlu":
+        questions = [q for q in questions if q["src"].startswith("ori_mmlu-")]
+
+    ckeys, cmodels, correct = _read_wide_csv(cpath, "question_id", _parse_01)
+    okeys, omodels, chars = _read_wide_csv(opath, "question_id", _parse_count)
+    if omodels != cmodels:
+        raise ValueError(f"{opath}: model columns differ from {cpath}")
+    crow = {k: i for i, k in enumerate(ckeys)}
+    orow = {k: i for i, k in enumerate(okeys)}
+    ids = [str(q["question_id"]) for q in questions]
+    missing = [i for i in ids if i not in crow or i not in orow]
+    if missing:
+        raise ValueError(f"{cpath} / {opath}: no row for question_id {missing[:5]} ({len(missing)} missing)")
+    rows_c = [crow[i] for i in ids]
+    rows_o = [orow[i] for i in ids]
+    correct, chars = correct[rows_c], chars[rows_o]
+    if not np.array_equal(np.isnan(correct), np.isnan(chars)):
+        raise ValueError(f"{opath}: missing entries do not match those of {cpath}")
+    return _mmlu_pro_table(questions, cmodels, correct, chars, tokenizer)
+
+
+def load_default(tokenizer=None) -> OutcomeTable:
+    """The bundled original-MMLU part of MMLU-Pro: 6,810 prompts x 29 models (routoo_fast/assets, see NOTICE)."""
+    qpath = _require_file(BUNDLE_QUESTIONS, "load_default (bundled data)")
+    opath = _require_file(BUNDLE_OUTCOMES, "load_default (bundled data)")
+    questions = _read_jsonl(qpath, opener=gzip.open)
+    for line_no, row in enumerate(questions, 1):
+        _validate_question(row, qpath, line_no)
+    with np.load(opath, allow_pickle=False) as z:
+        ids, models = z["question_id"], [str(m) for m in z["models"]]
+        correct8, chars32 = z["correctness"], z["output_chars"]
+    if [q["question_id"] for q in questions] != ids.tolist():
+        raise ValueError(f"{opath}: question_id order differs from {qpath}")
+    if correct8.shape != (len(ids), len(models)) or chars32.shape != correct8.shape:
+        raise ValueError(f"{opath}: array shapes {correct8.shape}, {chars32.shape} do not match {len(ids)} x {len(models)}")
+    correct = np.where(correct8 < 0, np.nan, correct8.astype(np.float64))
+    chars = np.where(chars32 < 0, np.nan, chars32.astype(np.float64))
+    return _mmlu_pro_table(questions, models, correct, chars, tokenizer)

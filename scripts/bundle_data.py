@@ -1,0 +1,62 @@
+"""Regenerate the bundled original-MMLU part of MMLU-Pro in routoo_fast/assets from ../shared/data.
+
+    python scripts/bundle_data.py [--src ../shared/data/mmlu_pro_outputs]
+
+Writes (atomically):
+  routoo_fast/assets/mmlu_pro_ori_questions.jsonl.gz  one row per question: question_id, question, options, category, src
+  routoo_fast/assets/mmlu_pro_ori_outcomes.npz        question_id int64 [P], models str [N],
+                                                      correctness int8 [P, N] (1, 0, -1 = no record),
+                                                      output_chars int32 [P, N] (-1 = no record)
+The gzip header carries no timestamp (mtime=0), so the same source gives byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from routoo_fast._atomic import atomic_write_bytes
+from routoo_fast.outcomes import BUNDLE_OUTCOMES, BUNDLE_QUESTIONS, load_mmlu_pro, shared_data_dir
+
+
+def main() -> None:
+    default_src = shared_data_dir()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, default=None if default_src is None else default_src / "mmlu_pro_outputs")
+    args = parser.parse_args()
+    if args.src is None:
+        parser.error("no --src given and ../shared/data not found (set ROUTOO_SHARED_DATA)")
+
+    table = load_mmlu_pro(args.src, source="ori_mmlu")  # validates the source
+    keep = set(table.meta["id"].tolist())
+    lines = []
+    with open(args.src / "questions.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["question_id"] in keep:
+                slim = {k: row[k] for k in ("question_id", "question", "options", "category", "src")}
+                lines.append(json.dumps(slim, ensure_ascii=False))
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0, filename="") as gz:
+        gz.write(("\n".join(lines) + "\n").encode("utf-8"))
+    atomic_write_bytes(BUNDLE_QUESTIONS, buf.getvalue())
+
+    correct = np.where(np.isnan(table.scores), -1, table.scores).astype(np.int8)
+    chars = np.where(np.isnan(table.output_tokens), -1, np.rint(table.output_tokens * 4)).astype(np.int32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, question_id=table.meta["id"].astype(np.int64), models=np.array(table.models),
+                        correctness=correct, output_chars=chars)
+    atomic_write_bytes(BUNDLE_OUTCOMES, buf.getvalue())
+    for p in (BUNDLE_QUESTIONS, BUNDLE_OUTCOMES):
+        p.chmod(0o644)  # mkstemp creates 0600; package data must be world-readable
+    for p in (BUNDLE_QUESTIONS, BUNDLE_OUTCOMES):
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
+    print(f"{table.n_prompts} prompts x {table.n_models} models")
+
+
+if __name__ == "__main__":
+    main()
