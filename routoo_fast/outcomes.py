@@ -16,6 +16,7 @@ header is line 1) or the row.
 """
 from __future__ import annotations
 
+import ast
 import csv
 import gzip
 import hashlib
@@ -37,6 +38,10 @@ __all__ = [
     "count_tokens",
     "load_default",
     "load_mmlu_pro",
+    "load_routellm_mmlu",
+    "load_routerbench",
+    "load_zeroeval",
+    "load_long",
     "shared_data_dir",
 ]
 
@@ -254,7 +259,7 @@ def shared_data_dir() -> Path | None:
     env = os.environ.get("ROUTOO_SHARED_DATA")
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    candidate = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # <repo>/../shared/data
     return candidate if candidate.is_dir() else None
 
 
@@ -434,3 +439,394 @@ def load_default(tokenizer=None) -> OutcomeTable:
     correct = np.where(correct8 < 0, np.nan, correct8.astype(np.float64))
     chars = np.where(chars32 < 0, np.nan, chars32.astype(np.float64))
     return _mmlu_pro_table(questions, models, correct, chars, tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------- RouteLLM
+ROUTELLM_MODELS = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview")
+
+
+def _parse_bool_outcome(value: str) -> float:
+    if value in ("True", "true", "1", "1.0"):
+        return 1.0
+    if value in ("False", "false", "0", "0.0"):
+        return 0.0
+    if value == "":
+        return math.nan
+    raise ValueError(f"correctness must be True or False, got {value!r}")
+
+
+def load_routellm_mmlu(path, contaminated=None, tokenizer=None) -> OutcomeTable:
+    """Load RouteLLM's MMLU responses: a folder of `mmlu_<subject>.csv` (prompt, one True/False column per model).
+
+    subject = the file name without `mmlu_` and `.csv`; files are read in sorted name order. `contaminated`: an
+    optional JSONL of {"eval_prompt": ...} rows (RouteLLM's mmlu contaminated_prompts.jsonl) whose prompts are
+    dropped. No output lengths in the source: output_tokens is None, so costs need explicit output_tokens.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_routellm_mmlu: no such directory {root}")
+    files = sorted(root.glob("mmlu_*.csv"))
+    if not files:
+        raise FileNotFoundError(f"load_routellm_mmlu: no mmlu_<subject>.csv files in {root}")
+    drop: set[str] = set()
+    if contaminated is not None:
+        cpath = _require_file(Path(contaminated), "load_routellm_mmlu contaminated")
+        for line_no, row in enumerate(_read_jsonl(cpath), 1):
+            drop.add(_field(row, "eval_prompt", str, cpath, line_no))
+    models: list[str] | None = None
+    prompts, subjects, scores = [], [], []
+    for fpath in files:
+        with open(fpath, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or header[0] != "prompt" or len(header) < 2:
+                raise ValueError(f"{fpath}:1: header must be 'prompt,<model>,...', got {header}")
+            if models is None:
+                models = header[1:]
+            elif header[1:] != models:
+                raise ValueError(f"{fpath}:1: model columns {header[1:]} differ from {files[0]}'s {models}")
+            subject = fpath.stem[len("mmlu_"):]
+            for row in reader:
+                if len(row) != len(header):
+                    raise ValueError(f"{fpath}:{reader.line_num}: expected {len(header)} fields, got {len(row)}")
+                try:
+                    values = [_parse_bool_outcome(v) for v in row[1:]]
+                except ValueError as e:
+                    raise ValueError(f"{fpath}:{reader.line_num}: {e}") from None
+                if row[0] in drop:
+                    continue
+                prompts.append(row[0])
+                subjects.append(subject)
+                scores.append(values)
+    return OutcomeTable(
+        prompts=prompts,
+        models=models,
+        scores=np.array(scores, dtype=np.float32).reshape(len(prompts), len(models)),
+        input_tokens=count_tokens(prompts, tokenizer),
+        meta={"subject": np.array(subjects), "task": np.full(len(prompts), "mmlu")},
+    )
+
+
+# ----------------------------------------------------------------------------------------------- RouterBench
+_ROUTERBENCH_FIXED = {"", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to"}
+
+
+def _literal_text(value: str, what: str) -> str:
+    """RouterBench stores texts as the repr of a python list of strings; join its items with blank lines."""
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"{what} is not a python list literal: {value[:60]!r}") from None
+    if isinstance(parsed, str):
+        return parsed
+    if not isinstance(parsed, (list, tuple)) or not all(isinstance(s, str) for s in parsed):
+        raise ValueError(f"{what} must be a list of str, got {type(parsed).__name__}")
+    return "\n\n".join(parsed)
+
+
+def _parse_unit_float(value: str, what: str, upper: float | None = 1.0) -> float:
+    if value == "":
+        return math.nan
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a number or empty, got {value!r}") from None
+    if math.isnan(x):
+        return x
+    if x < 0 or math.isinf(x) or (upper is not None and x > upper):
+        raise ValueError(f"{what} out of range: {x}")
+    return x
+
+
+def load_routerbench(path, tokenizer=None) -> OutcomeTable:
+    """Load RouterBench 0-shot CSVs (RouterDC's `routerbench_zs/*.csv`): a folder, one file, or a list of files.
+
+    Per row: prompt (repr of a python list of str, parsed with ast.literal_eval), eval_name -> meta['task'],
+    `<model>` score in [0, 1], `<model>|total_cost` real USD -> table.cost, `<model>|model_response` whose length
+    / 4 -> output_tokens. meta['split'] = "train"/"test" from a file name ending in _train/_test (else ""),
+    meta['id'] = sample_id. Models are the union over files in first-seen order (NaN where a file lacks one).
+    NOTE: this data has no license; use it for evaluation only, never bundle it.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        p = Path(path)
+        files = sorted(p.glob("*.csv")) if p.is_dir() else [p]
+    else:
+        files = [Path(f) for f in path]
+    if not files:
+        raise FileNotFoundError(f"load_routerbench: no CSV files in {path}")
+    _set_csv_field_limit()
+    models: list[str] = []
+    records = []  # (prompt, id, task, split, {model: (score, cost, out_chars)})
+    for fpath in files:
+        _require_file(fpath, "load_routerbench")
+        split = next((s for s in ("train", "test", "val") if fpath.stem.endswith("_" + s)), "")
+        with open(fpath, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = {"sample_id", "prompt", "eval_name"} - set(header)
+            if missing:
+                raise ValueError(f"{fpath}:1: missing columns {sorted(missing)}")
+            file_models = [c for c in header if c not in _ROUTERBENCH_FIXED and "|" not in c]
+            for m in file_models:
+                if f"{m}|total_cost" not in header:
+                    raise ValueError(f"{fpath}:1: model column {m!r} has no {m}|total_cost column")
+                if m not in models:
+                    models.append(m)
+            for row in reader:
+                where = f"{fpath}:{reader.line_num}"
+                if None in row or any(v is None for v in row.values()):
+                    raise ValueError(f"{where}: expected {len(header)} fields")
+                try:
+                    prompt = _literal_text(row["prompt"], "prompt")
+                    outcome = {}
+                    for m in file_models:
+                        score = _parse_unit_float(row[m], f"score of {m}")
+                        cost = _parse_unit_float(row[f"{m}|total_cost"], f"{m}|total_cost", upper=None)
+                        resp = row.get(f"{m}|model_response", "")
+                        chars = math.nan
+                        if resp:
+                            try:
+                                chars = float(len(_literal_text(resp, f"{m}|model_response")))
+                            except ValueError:
+                                chars = float(len(resp))  # an unparsable response still has a length
+                        outcome[m] = (score, cost, chars)
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from None
+                records.append((prompt, row["sample_id"], row["eval_name"], split, outcome))
+    P, N = len(records), len(models)
+    scores = np.full((P, N), np.nan, dtype=np.float32)
+    cost = np.full((P, N), np.nan, dtype=np.float64)
+    out = np.full((P, N), np.nan, dtype=np.float32)
+    col = {m: j for j, m in enumerate(models)}
+    for i, (_, _, _, _, outcome) in enumerate(records):
+        for m, (s, c, ch) in outcome.items():
+            scores[i, col[m]], cost[i, col[m]], out[i, col[m]] = s, c, ch / CHARS_PER_TOKEN
+    prompts = [r[0] for r in records]
+    return OutcomeTable(
+        prompts=prompts,
+        models=models,
+        scores=scores,
+        cost=cost,
+        input_tokens=count_tokens(prompts, tokenizer),
+        output_tokens=out,
+        meta={
+            "id": np.array([r[1] for r in records]),
+            "task": np.array([r[2] for r in records]),
+            "split": np.array([r[3] for r in records]),
+        },
+    )
+
+
+# -------------------------------------------------------------------------------------------------- ZeroEval
+ZEROEVAL_TASKS = ("gsm", "math-l5", "crux")
+
+
+def load_zeroeval(path, task: str, tokenizer=None) -> OutcomeTable:
+    """Load ZeroEval outcomes for `task` in gsm / math-l5 / crux from `path` (the zeroeval folder or the task folder).
+
+    Files: questions.jsonl {id, question, ...}, correctness.csv (id x models, 1/0/empty), output_chars.csv.
+    Prompt = the question text as given; output_tokens = output_chars / 4 (o1 models' hidden reasoning not included).
+    """
+    if task not in ZEROEVAL_TASKS:
+        raise ValueError(f"task must be one of {ZEROEVAL_TASKS}, got {task!r}")
+    root = Path(path)
+    if (root / task).is_dir():
+        root = root / task
+    qpath = _require_file(root / "questions.jsonl", "load_zeroeval")
+    cpath = _require_file(root / "correctness.csv", "load_zeroeval")
+    opath = _require_file(root / "output_chars.csv", "load_zeroeval")
+    questions = _read_jsonl(qpath)
+    for line_no, q in enumerate(questions, 1):
+        _field(q, "id", (str, int), qpath, line_no)
+        _field(q, "question", str, qpath, line_no)
+    ckeys, models, correct = _read_wide_csv(cpath, "id", _parse_01)
+    okeys, omodels, chars = _read_wide_csv(opath, "id", _parse_count)
+    if omodels != models:
+        raise ValueError(f"{opath}: model columns differ from {cpath}")
+    crow = {k: i for i, k in enumerate(ckeys)}
+    orow = {k: i for i, k in enumerate(okeys)}
+    ids = [str(q["id"]) for q in questions]
+    missing = [i for i in ids if i not in crow or i not in orow]
+    if missing:
+        raise ValueError(f"{cpath} / {opath}: no row for id {missing[:5]} ({len(missing)} missing)")
+    correct = correct[[crow[i] for i in ids]]
+    chars = chars[[orow[i] for i in ids]]
+    # a record with no output text still has a length of 0; only the outcome decides what is missing
+    chars = np.where(np.isnan(correct), np.nan, np.nan_to_num(chars, nan=0.0))
+    prompts = [q["question"] for q in questions]
+    meta = {"id": np.array(ids), "task": np.full(len(ids), task)}
+    if all("source" in q for q in questions):
+        meta["source"] = np.array([str(q["source"]) for q in questions])
+    return OutcomeTable(
+        prompts=prompts,
+        models=models,
+        scores=correct.astype(np.float32),
+        input_tokens=count_tokens(prompts, tokenizer),
+        output_tokens=(chars / CHARS_PER_TOKEN).astype(np.float32),
+        meta=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------- generic long format
+LONG_REQUIRED = ("prompt", "model", "score")
+LONG_NUMERIC = ("cost", "input_tokens", "output_tokens")
+
+
+def _long_rows(path: Path):
+    """Yield (location, row dict) from a CSV, JSONL or Parquet file; location names the file and line/row."""
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffix in (".csv", ".csv.gz"):
+        _set_csv_field_limit()
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(path, "rt", newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in LONG_REQUIRED if c not in header]
+            if missing:
+                raise ValueError(f"{path}:1: missing columns {missing} (have {header})")
+            for row in reader:
+                if None in row or any(v is None for v in row.values()):
+                    raise ValueError(f"{path}:{reader.line_num}: expected {len(header)} fields")
+                yield f"{path}:{reader.line_num}", row
+    elif suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}:{line_no}", row
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq  # lazy: only parquet users need pyarrow
+
+        data = pq.read_table(path)
+        missing = [c for c in LONG_REQUIRED if c not in data.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing} (have {data.column_names})")
+        for i, row in enumerate(data.to_pylist()):
+            yield f"{path} row {i}", row
+    else:
+        raise ValueError(f"{path}: unknown format {suffix!r}; use .csv, .jsonl or .parquet (optionally .gz for text)")
+
+
+def _number(value, what: str, where: str, upper: float | None = None, allow_missing: bool = True) -> float:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        if allow_missing:
+            return math.nan
+        raise ValueError(f"{where}: {what} is missing")
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            return 1.0 if low == "true" else 0.0
+        try:
+            value = float(low)
+        except ValueError:
+            raise ValueError(f"{where}: {what} must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: {what} must be a number, got {type(value).__name__}")
+    x = float(value)
+    if math.isnan(x):
+        if allow_missing:
+            return x
+        raise ValueError(f"{where}: {what} is NaN")
+    if math.isinf(x) or x < 0 or (upper is not None and x > upper):
+        bound = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise ValueError(f"{where}: {what} must be finite and in {bound}, got {x}")
+    return x
+
+
+def load_long(path, duplicates: str = "mean", tokenizer=None) -> OutcomeTable:
+    """Load outcome logs in long format: one row per (prompt, model) call, from .csv, .jsonl or .parquet.
+
+    Required columns: prompt (str), model (str), score (number in [0, 1], or true/false). Optional: cost (USD of the
+    call), input_tokens (per prompt), output_tokens (of the call). Any other column goes to meta, per prompt (the
+    value from the prompt's first row). Prompts and models keep their first-seen order.
+    Several rows for one (prompt, model): duplicates="mean" averages score, cost and output_tokens over them
+    (repeated calls of a model on one prompt estimate its success rate); duplicates="error" raises ValueError naming
+    both lines. input_tokens: the first value given for the prompt, else `count_tokens(prompt, tokenizer)`.
+    """
+    if duplicates not in ("mean", "error"):
+        raise ValueError(f"duplicates must be 'mean' or 'error', got {duplicates!r}")
+    path = Path(path)
+    _require_file(path, "load_long")
+    prow: dict[str, int] = {}
+    mcol: dict[str, int] = {}
+    cells: dict[tuple[int, int], list] = {}  # (p, n) -> [n_rows, score_sum, cost_sum, cost_n, out_sum, out_n, where]
+    in_tokens: list[float] = []
+    meta_rows: list[dict] = []
+    extra_keys: list[str] = []
+    for where, row in _long_rows(path):
+        prompt, model = row.get("prompt"), row.get("model")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: prompt must be a string, got {type(prompt).__name__}")
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"{where}: model must be a non-empty string, got {model!r}")
+        score = _number(row.get("score"), "score", where, upper=1.0, allow_missing=False)
+        cost = _number(row.get("cost"), "cost", where)
+        out = _number(row.get("output_tokens"), "output_tokens", where)
+        tok = _number(row.get("input_tokens"), "input_tokens", where)
+        if not math.isnan(tok) and tok != round(tok):
+            raise ValueError(f"{where}: input_tokens must be an integer, got {tok}")
+        p = prow.setdefault(prompt, len(prow))
+        n = mcol.setdefault(model, len(mcol))
+        if p == len(in_tokens):
+            in_tokens.append(tok)
+            extras = {k: v for k, v in row.items() if k not in LONG_REQUIRED and k not in LONG_NUMERIC}
+            for k in extras:
+                if k not in extra_keys:
+                    extra_keys.append(k)
+            meta_rows.append(extras)
+        elif math.isnan(in_tokens[p]):
+            in_tokens[p] = tok
+        cell = cells.get((p, n))
+        if cell is None:
+            cells[(p, n)] = [1, score, 0.0 if math.isnan(cost) else cost, int(not math.isnan(cost)),
+                             0.0 if math.isnan(out) else out, int(not math.isnan(out)), where]
+            continue
+        if duplicates == "error":
+            raise ValueError(f"{where}: duplicate row for model {model!r} on a prompt already given at {cell[6]}")
+        cell[0] += 1
+        cell[1] += score
+        if not math.isnan(cost):
+            cell[2] += cost
+            cell[3] += 1
+        if not math.isnan(out):
+            cell[4] += out
+            cell[5] += 1
+    if not prow:
+        raise ValueError(f"{path}: no rows")
+    P, N = len(prow), len(mcol)
+    scores = np.full((P, N), np.nan, dtype=np.float32)
+    cost = np.full((P, N), np.nan)
+    out = np.full((P, N), np.nan, dtype=np.float32)
+    for (p, n), (k, s, cs, cn, os_, on, _) in cells.items():
+        scores[p, n] = s / k
+        if cn:
+            cost[p, n] = cs / cn
+        if on:
+            out[p, n] = os_ / on
+    prompts = list(prow)
+    tok = np.array(in_tokens, dtype=np.float64)
+    if np.isnan(tok).any():
+        counted = count_tokens([prompts[i] for i in np.flatnonzero(np.isnan(tok))], tokenizer)
+        tok[np.isnan(tok)] = counted
+    meta = {}
+    for k in extra_keys:
+        values = [r.get(k) for r in meta_rows]
+        meta[k] = np.array(values, dtype=object if any(isinstance(v, (list, dict)) for v in values) else None)
+    return OutcomeTable(
+        prompts=prompts,
+        models=list(mcol),
+        scores=scores,
+        cost=cost if np.isfinite(cost).any() else None,
+        input_tokens=tok.astype(np.int32),
+        output_tokens=out if np.isfinite(out).any() else None,
+        meta=meta,
+    )
