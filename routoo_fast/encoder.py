@@ -68,7 +68,7 @@ class Encoder:
     def __init__(self, path=None, max_length: int = 256, batch_size: int = 64, num_threads: int | None = None,
                  pooling: str = "mean", device=None):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.max_length = _positive_int("max_length", max_length, minimum=2)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -88,17 +88,18 @@ class Encoder:
         self.folder = folder
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and self.max_length > limit:
+            raise ValueError(f"max_length={self.max_length} exceeds the model's max_position_embeddings={limit}")
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; padding is masked out anyway
             if self.tokenizer.eos_token is None:
                 raise ValueError(f"tokenizer in {str(folder)!r} has neither a pad nor an eos token")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"  # causal models then see real tokens at their trained positions
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device).eval()
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(limit, int) and self.max_length > limit:
-            raise ValueError(f"max_length={self.max_length} exceeds the model's max_position_embeddings={limit}")
-        self.hidden_size = int(self.model.config.hidden_size)
+        self.model = AutoModel.from_pretrained(folder, config=config, local_files_only=True).to(self.device).eval()
+        self.hidden_size = int(config.hidden_size)
 
     # --- identity -------------------------------------------------------------------------------------------
     @cached_property
