@@ -13,6 +13,7 @@ does not know how long an answer will be before the call, only how verbose each 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -169,6 +170,18 @@ class PriceTable:
                 )
             prices[name] = price
         return PriceTable(prices)
+
+    def to_dict(self, models: Sequence[str] | None = None) -> dict[str, dict]:
+        """JSON-able {model: {input_usd_per_mtok, output_usd_per_mtok, open_weights, source}} (all or `models`)."""
+        names = self.models if models is None else list(models)
+        return {m: dataclasses.asdict(self.get(m)) for m in names}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping]) -> "PriceTable":
+        """Inverse of `to_dict`; each value needs input_usd_per_mtok and output_usd_per_mtok."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"prices must be a mapping of model -> price fields, got {type(data).__name__}")
+        return cls({}).with_overrides(dict(data))
 
     def per_token(self, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input, output) prices in USD per token, float64 [N] each, for `models` in order."""

@@ -76,12 +76,16 @@ class OutcomeTable:
     meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.prompts, np.ndarray) and self.prompts.ndim == 1:
+            self.prompts = self.prompts.tolist()
         if isinstance(self.prompts, (str, bytes)) or not isinstance(self.prompts, Sequence):
             raise TypeError(f"prompts must be a list of str, got {type(self.prompts).__name__}")
         self.prompts = list(self.prompts)
         for i, p in enumerate(self.prompts):
             if not isinstance(p, str):
                 raise TypeError(f"prompts[{i}] must be str, got {type(p).__name__}")
+        if isinstance(self.models, np.ndarray) and self.models.ndim == 1:
+            self.models = self.models.tolist()
         if isinstance(self.models, (str, bytes)) or not isinstance(self.models, Sequence):
             raise TypeError(f"models must be a list of str, got {type(self.models).__name__}")
         self.models = list(self.models)
@@ -148,6 +152,8 @@ class OutcomeTable:
     def subset(self, rows) -> "OutcomeTable":
         """The table restricted to `rows` (integer indices or a boolean mask of length P), in that order."""
         idx = np.asarray(rows)
+        if idx.size == 0 and idx.dtype != bool:
+            idx = idx.astype(np.intp)  # an empty list arrives as float64
         if idx.dtype == bool:
             if idx.shape != (self.n_prompts,):
                 raise ValueError(f"boolean rows must have shape ({self.n_prompts},), got {idx.shape}")

@@ -133,6 +133,19 @@ def test_save_load_round_trip(prices, tmp_path):
         assert back.get(m) == (prices.get(m) if m != "new" else ModelPrice(0.123, 4.56, False, "user override"))
 
 
+def test_dict_round_trip_is_json_able(prices):
+    import json
+
+    d = json.loads(json.dumps(prices.to_dict(["Yi-34B", "gemini-1.5-pro-002"])))
+    assert d["Yi-34B"]["input_usd_per_mtok"] == 0.8 and d["gemini-1.5-pro-002"]["open_weights"] is False
+    back = PriceTable.from_dict(d)
+    assert back.models == ["Yi-34B", "gemini-1.5-pro-002"] and back.get("Yi-34B") == prices.get("Yi-34B")
+    with pytest.raises(ValueError, match="output_usd_per_mtok must be finite"):
+        PriceTable.from_dict({"a": {"input_usd_per_mtok": 1, "output_usd_per_mtok": -1}})
+    with pytest.raises(TypeError, match="prices must be a mapping"):
+        PriceTable.from_dict([1, 2])
+
+
 HEADER = "model,input_usd_per_mtok,output_usd_per_mtok,open_weights,source\n"
 
 

@@ -85,6 +85,8 @@ def test_subset_and_select_models():
     assert s.prompts == ["c", "a"] and s.input_tokens.tolist() == [5, 3] and s.meta["k"].tolist() == [30, 10]
     np.testing.assert_array_equal(s.cost, [[4, 5], [0, 1]])
     assert t.subset(np.array([False, True, False])).prompts == ["b"]
+    assert t.subset([]).n_prompts == 0 and t.subset([]).scores.shape == (0, 2)
+    assert tiny(prompts=np.array(["a", "b", "c"])).prompts == ["a", "b", "c"]
     m = t.select_models(["m2"])
     assert m.models == ["m2"] and m.scores[:, 0].tolist() == [0, 1, 0] and m.cost[:, 0].tolist() == [1, 3, 5]
     with pytest.raises(ValueError, match="unknown model 'gpt-5'"):
