@@ -1,0 +1,328 @@
+"""`routoo-fast`: route prompts, train and evaluate routers, serve them over HTTP, benchmark them.
+
+Exit codes: 0 success, 1 runtime error (one line on stderr, no traceback; ROUTOO_DEBUG=1 shows it),
+2 usage error (argparse), 130 interrupted. Heavy modules (torch, transformers, uvicorn) load only in the
+subcommand that needs them, so `routoo-fast --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+PROG = "routoo-fast"
+
+EXAMPLE_PROMPTS = [
+    "What is 7 + 5?",
+    "Which planet is known as the Red Planet?\nA. Venus\nB. Mars\nC. Jupiter\nD. Saturn",
+    "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open.",
+    "A particle moves along x(t) = t^3 - 6t^2 + 9t. Find the times at which it is at rest and classify each.",
+    "Write a haiku about autumn rain.",
+]
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad value); printed as one line, exit code 1."""
+
+
+# ---- argument parsing ------------------------------------------------------------------------------------------
+def _add_router_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", default="default", metavar="PATH",
+                   help="saved router directory, or 'default' for the shipped one (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=None, metavar="TOKENS",
+                   help="encoder truncation length, overriding the router's (shorter = faster)")
+    p.add_argument("--backend", choices=["cpu", "torch", "triton"], default=None,
+                   help="pool+score backend (default: automatic, or $ROUTOO_BACKEND)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
+
+
+def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--policy", metavar="SPEC",
+                   help="policy text: 'max_quality', 'max_cost=0.001', 'min_quality=0.7', 'lambda=0.5', 'budget=0.1'")
+    g.add_argument("--lambda", dest="lam", type=float, metavar="L",
+                   help="trade-off: maximise quality - L * cost (USD)")
+    g.add_argument("--max-cost", type=float, metavar="USD", help="best predicted quality with expected cost <= USD per call")
+    g.add_argument("--min-quality", type=float, metavar="Q", help="cheapest model with predicted quality >= Q (0..1)")
+    g.add_argument("--budget", type=float, metavar="USD", help="best total quality over all prompts for at most USD in total")
+    p.add_argument("--models", metavar="A,B,...", help="only route among these models (comma-separated)")
+    p.set_defaults(policy_default_help=default_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Route each prompt to the LLM that answers it well at the lowest cost (Routoo).",
+        epilog="Run '%(prog)s COMMAND --help' for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("route", help="pick a model for each prompt", description=(
+        "Predict each model's chance of answering each prompt well, then pick one model per prompt under a policy "
+        "(default: max_quality). Prompts come from the arguments, or one per line from stdin with '-'."))
+    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text ('-' reads prompts from stdin, one per line)")
+    _add_router_args(p)
+    _add_policy_args(p, "max_quality")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of a table")
+    p.add_argument("--scores", action="store_true", help="also print every model's predicted quality and cost")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("serve", help="run the HTTP routing server", description=(
+        "Serve /v1/route, an OpenAI-compatible /v1/chat/completions (model 'router' or 'router:<policy>'), "
+        "/healthz and /metrics on uvicorn."))
+    _add_router_args(p)
+    p.add_argument("--upstreams", metavar="FILE", help="JSON file of upstream endpoints per model (see routoo_fast.upstreams)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--policy", default="max_quality", metavar="SPEC", help="policy for model 'router' with none given (default: %(default)s)")
+    p.add_argument("--no-batching", action="store_true", help="one predictor pass per request (no micro-batching)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait in ms (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=64, help="most prompts per predictor pass (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="most estimated tokens per predictor pass")
+    p.add_argument("--max-queue", type=int, default=1024, help="most requests waiting before 503 (default: %(default)s)")
+    p.add_argument("--auth-token-env", metavar="VAR",
+                   help="require 'Authorization: Bearer <token>' with the token read from this environment variable")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="measure routing throughput in this process", description=(
+        "Route synthetic prompts through the router at several batch sizes and print prompts/s (no server)."))
+    _add_router_args(p)
+    p.add_argument("--batch-sizes", default="1,8,64", metavar="B,B,...", help="batch sizes (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=256, metavar="N", help="prompts per batch size (default: %(default)s)")
+    p.add_argument("--policy", default="lambda=100", metavar="SPEC", help="policy to route with (default: %(default)s)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="train a router on outcome data and save it", description=(
+        "Fit the scoring head on an outcome table (prompts x models correctness) and save a router directory."))
+    p.add_argument("output", metavar="DIR", help="router directory to write (replaced atomically)")
+    p.add_argument("--data", default="default", metavar="SOURCE",
+                   help="'default' (bundled MMLU-Pro, original MMLU part) or a long-format CSV/JSONL of outcomes")
+    p.add_argument("--epochs", type=int, default=None, help="most training epochs (default: the training recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a router against baselines", description=(
+        "Score a router's cost/quality curve with the true outcomes on the held-out split and compare baselines."))
+    p.add_argument("--router", default="default", metavar="PATH", help="saved router directory or 'default'")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report and plots")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="route example prompts, then reproduce the paper-style evaluation", description=(
+        "Route a few example prompts under several policies with the shipped router, then run the evaluation."))
+    p.add_argument("--router", default="default", metavar="PATH", help="saved router directory or 'default'")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the evaluation report and plots")
+    p.add_argument("--skip-eval", action="store_true", help="only route the example prompts")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as exc:
+        if os.environ.get("ROUTOO_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+# ---- commands -------------------------------------------------------------------------------------------------
+def cmd_route(args) -> int:
+    prompts = _read_prompts(args.prompts)
+    policy = _policy_from_args(args)
+    router = _load_router(args)
+    decisions = router.route(prompts, policy)
+    Q = C = None
+    if args.scores:
+        Q, C = router.predict(prompts), router.costs(prompts)
+    for i, (prompt, d) in enumerate(zip(prompts, decisions)):
+        if args.json:
+            row = {"prompt": prompt, **d.to_dict()}
+            if Q is not None:
+                row["scores"] = {m: {"quality": float(Q[i, j]), "cost": float(C[i, j])} for j, m in enumerate(router.model_names)}
+            print(json.dumps(row))
+            continue
+        flag = "" if d.feasible else "  (policy not met: fallback)"
+        print(f"{d.model}\tquality={d.predicted_quality:.3f}\tcost=${d.expected_cost:.6f}\t{_short(prompt)}{flag}")
+        if Q is not None:
+            for j in sorted(range(len(router.model_names)), key=lambda j: -Q[i, j]):
+                print(f"    {router.model_names[j]:<40} quality={Q[i, j]:.3f} cost=${C[i, j]:.6f}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .server import create_app
+    from .upstreams import Upstreams
+
+    token = None
+    if args.auth_token_env:
+        token = os.environ.get(args.auth_token_env)
+        if not token:
+            raise UserError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
+    upstreams = Upstreams.load(args.upstreams) if args.upstreams else None
+    _check_positive("--max-wait-ms", args.max_wait_ms, allow_zero=True)
+    router = _load_router(args)
+    app = create_app(router, upstreams, default_policy=args.policy, batching=not args.no_batching,
+                     max_wait=args.max_wait_ms / 1000.0, max_batch_prompts=args.max_batch,
+                     max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, auth_token=token)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import numpy as np
+
+    try:
+        sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-sizes must be integers >= 1, got {args.batch_sizes!r}")
+    _check_positive("--prompts", args.prompts)
+    router = _load_router(args)
+    rng = np.random.default_rng(0)
+    words = "the of a model cost answer which planet energy proof integral market cell law code river".split()
+    prompts = [" ".join(rng.choice(words, size=int(rng.integers(8, 60)))) for _ in range(args.prompts)]
+    router.route(prompts[:2], args.policy)  # warm-up: first call pays one-time costs
+    print(f"{'batch':>6} {'prompts/s':>10} {'ms/batch':>10}")
+    for b in sizes:
+        n_batches = max(1, len(prompts) // b)
+        t0 = time.perf_counter()
+        for k in range(n_batches):
+            chunk = [prompts[(k * b + i) % len(prompts)] for i in range(b)]
+            router.route(chunk, args.policy)
+        elapsed = time.perf_counter() - t0
+        print(f"{b:>6} {n_batches * b / elapsed:>10.1f} {1000 * elapsed / n_batches:>10.2f}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    # WIRING: the training helper's end-to-end entry point (outcomes -> encodings -> head -> saved router).
+    fn = _optional("routoo_fast.training", "train_router")
+    if fn is None:
+        raise UserError("training from the command line is not available in this build "
+                        "(routoo_fast.training.train_router is missing)")
+    fn(args.output, data=args.data, epochs=args.epochs, seed=args.seed)
+    print(f"saved router to {args.output}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    # WIRING: the evaluation helper's report entry point.
+    fn = _optional("routoo_fast.reproduce", "reproduce")
+    if fn is None:
+        raise UserError("evaluation is not available in this build (routoo_fast.reproduce.reproduce is missing)")
+    fn(router=args.router, out=args.out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+
+    router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=None))
+    print(f"router with {len(router.model_names)} models\n")
+    Q, C = router.predict(EXAMPLE_PROMPTS), router.costs(EXAMPLE_PROMPTS)
+    policies = ["max_quality", f"max_cost={float(np.median(C)):.2g}", "min_quality=0.7"]
+    for spec in policies:
+        print(f"policy {spec}:")
+        for prompt, d in zip(EXAMPLE_PROMPTS, router.decide(EXAMPLE_PROMPTS, Q, spec)):
+            note = "" if d.feasible else "  (policy not met: fallback)"
+            print(f"  {d.model:<32} quality={d.predicted_quality:.3f} cost=${d.expected_cost:.6f}  {_short(prompt, 50)}{note}")
+        print()
+    if args.skip_eval:
+        return 0
+    return cmd_eval(args)
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _read_prompts(items: list[str]) -> list[str]:
+    prompts = []
+    for item in items:
+        if item == "-":
+            prompts.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
+        else:
+            prompts.append(item)
+    if not prompts:
+        raise UserError("no prompts given (stdin was empty)")
+    return prompts
+
+
+def _policy_from_args(args):
+    from .policies import MaxQuality, parse_policy
+
+    if args.policy is not None:
+        policy = parse_policy(args.policy)
+    elif args.lam is not None:
+        policy = parse_policy({"lambda": args.lam})
+    elif args.max_cost is not None:
+        policy = parse_policy({"max_cost": args.max_cost})
+    elif args.min_quality is not None:
+        policy = parse_policy({"min_quality": args.min_quality})
+    elif args.budget is not None:
+        policy = parse_policy({"budget": args.budget})
+    else:
+        policy = MaxQuality()
+    if args.models:
+        if policy.models is not None:
+            raise UserError("give the model list once: either --models or models= in --policy")
+        names = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        policy = type(policy)(**{**{f: getattr(policy, f) for f in policy.__dataclass_fields__}, "models": names})
+    return policy
+
+
+def _load_router(args):
+    from .router import Router
+
+    if args.max_length is not None:
+        _check_positive("--max-length", args.max_length)
+    if args.threads is not None:
+        _check_positive("--threads", args.threads)
+    return Router.from_pretrained(args.router, backend=args.backend, max_length=args.max_length,
+                                  num_threads=args.threads)
+
+
+def _check_positive(flag: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{flag} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _optional(module: str, name: str):
+    """`module.name` if it exists (a function another part of the package provides), else None."""
+    from importlib import import_module
+
+    try:
+        return getattr(import_module(module), name, None)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+def _short(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

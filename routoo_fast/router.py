@@ -1,0 +1,261 @@
+"""Router: prompts in, one LLM per prompt out.
+
+    Q = Predictor.predict(prompts)                                      [B, N] predicted P(correct) per model
+    C = tokens(prompt) * input_price + expected_output_tokens * output_price     [B, N] expected USD per call
+    choice = selector mode of the policy (caps, floor, lambda, batch budget) on (Q, C)   [B]
+
+`Router.route` returns one `Decision` per prompt. `Router.aroute` is the same for an event loop: the predictor
+pass runs in a worker thread, shared with concurrent callers through a `MicroBatcher` once `enable_batching()`
+was called (the server does this), else alone in the loop's default executor.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .batcher import MicroBatcher, approx_tokens
+from .policies import Budget, MaxQuality, MinCost, Policy, Tradeoff, parse_policy
+
+__all__ = ["Router", "Decision", "DEFAULT_ROUTER"]
+
+DEFAULT_ROUTER = Path(__file__).resolve().parent / "assets" / "default_router"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routing decision for one prompt.
+
+    model: chosen model name. predicted_quality: its predicted P(correct). expected_cost: its expected USD for
+    this prompt. policy: the policy's text form. feasible: False when the policy could not be met for this prompt
+    (no model under the cost cap, none reaching the quality floor) and the selector's fallback was taken.
+    """
+
+    model: str
+    predicted_quality: float
+    expected_cost: float
+    policy: str
+    feasible: bool = True
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "predicted_quality": self.predicted_quality,
+                "expected_cost": self.expected_cost, "policy": self.policy, "feasible": self.feasible}
+
+
+class Router:
+    """A predictor plus a cost model plus the selector.
+
+    predictor: anything with `model_names` and `predict(prompts) -> [B, N]` (a `routoo_fast.Predictor`).
+    prices: a `routoo_fast.costs.PriceTable` with a price for every model.
+    expected_output_tokens: expected output tokens per model, `{model: tokens}` or an array [N].
+    tokenizer: `text -> token ids` used to count input tokens for the cost; None = ceil(chars / 4).
+    """
+
+    def __init__(self, predictor, prices, expected_output_tokens, tokenizer=None):
+        from .costs import PriceTable
+
+        names = tuple(predictor.model_names)
+        if not names:
+            raise ValueError("the predictor scores no models")
+        if not isinstance(prices, PriceTable):
+            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
+        if isinstance(expected_output_tokens, Mapping):
+            missing = [m for m in names if m not in expected_output_tokens]
+            if missing:
+                raise ValueError(f"expected_output_tokens has no entry for models {missing}")
+            expected_output_tokens = [expected_output_tokens[m] for m in names]
+        eo = np.asarray(expected_output_tokens, dtype=np.float64)
+        if eo.shape != (len(names),):
+            raise ValueError(f"expected_output_tokens must have shape ({len(names)},), got {eo.shape}")
+        if not np.all(np.isfinite(eo)) or (eo < 0).any():
+            raise ValueError("expected_output_tokens must be finite and >= 0")
+        if tokenizer is not None and not callable(tokenizer):
+            raise TypeError(f"tokenizer must be callable (text -> token ids), got {type(tokenizer).__name__}")
+        self.predictor = predictor
+        self.model_names = names
+        self._index = {name: i for i, name in enumerate(names)}
+        self.prices = prices
+        self._price_in, self._price_out = prices.per_token(names)  # USD per token, [N] each
+        self._expected_output = eo
+        self._output_cost = eo * self._price_out  # [N]: the prompt-independent part of C
+        self.tokenizer = tokenizer
+        # one predictor pass at a time: HF fast tokenizers are not safe to share between threads
+        self._predict_lock = threading.Lock()
+        self.batcher: MicroBatcher | None = None
+
+    # ---- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path="default", backend: str | None = None, max_length: int | None = None,
+                        num_threads: int | None = None, device=None) -> "Router":
+        """Load a saved router directory ("default" = the shipped `assets/default_router`).
+
+        backend: pool+score backend (see routoo_fast._backend). max_length: encoder truncation, overriding the
+        saved one (shorter is faster; the head was trained at the saved length). num_threads: torch threads.
+        """
+        from .encoder import Encoder
+        from .predictor import Predictor
+        from .saved import load_router
+
+        if path == "default":
+            path = DEFAULT_ROUTER
+        path = Path(path)
+        if not path.exists():
+            hint = " (the shipped default router is missing from this install)" if path == DEFAULT_ROUTER else ""
+            raise FileNotFoundError(f"router directory {str(path)!r} does not exist{hint}")
+        saved = load_router(path)
+        spec = dict(saved.config["encoder"])
+        if max_length is not None:
+            spec = _with_max_length(spec, max_length)
+        overrides = {k: v for k, v in (("num_threads", num_threads), ("device", device)) if v is not None}
+        encoder = Encoder.from_spec(spec, **overrides)
+        predictor = Predictor(encoder, saved.head, saved.model_names, backend=backend)
+        return cls(predictor, saved.prices, saved.expected_output_tokens)
+
+    # ---- prediction and costs ----------------------------------------------------------------------------
+    def predict(self, prompts) -> np.ndarray:
+        """Q np.float32 [B, N]: predicted probability that each model answers each prompt well."""
+        prompts = _check_prompts(prompts)
+        with self._predict_lock:
+            return self.predictor.predict(prompts)
+
+    def costs(self, prompts) -> np.ndarray:
+        """C np.float64 [B, N]: expected USD of calling each model on each prompt (input tokens of the prompt,
+        each model's expected output tokens)."""
+        prompts = _check_prompts(prompts)
+        return self._costs(prompts)
+
+    def _costs(self, prompts: list[str]) -> np.ndarray:
+        from .outcomes import count_tokens  # the same token count the training costs used
+
+        tokens = count_tokens(prompts, self.tokenizer).astype(np.float64)
+        return tokens[:, None] * self._price_in[None, :] + self._output_cost[None, :]
+
+    # ---- routing -----------------------------------------------------------------------------------------
+    def route(self, prompts, policy="max_quality") -> list[Decision]:
+        """One Decision per prompt under `policy` (text like "lambda=0.5", a mapping, or a policy object)."""
+        prompts = _check_prompts(prompts)
+        policy = self._check_policy(policy)
+        return self.decide(prompts, self._predict_any_thread(prompts), policy)
+
+    async def aroute(self, prompts, policy="max_quality") -> list[Decision]:
+        """`route` for an event loop: the predictor runs off the loop (in the micro-batcher when enabled).
+
+        With batching enabled, raises `routoo_fast.batcher.QueueFull` when the batcher's queue is full.
+        """
+        prompts = _check_prompts(prompts)
+        policy = self._check_policy(policy)
+        batcher = self.batcher
+        if batcher is not None:
+            Q = await batcher.acall(prompts)
+        else:
+            Q = await asyncio.get_running_loop().run_in_executor(None, self.predict, prompts)
+        return self.decide(prompts, Q, policy)
+
+    def decide(self, prompts: Sequence[str], Q: np.ndarray, policy) -> list[Decision]:
+        """Decisions from already predicted qualities Q [B, N] (e.g. cached) under `policy`."""
+        prompts = _check_prompts(prompts)
+        policy = self._check_policy(policy)
+        Q = np.asarray(Q)
+        if Q.shape != (len(prompts), len(self.model_names)):
+            raise ValueError(f"Q must have shape ({len(prompts)}, {len(self.model_names)}), got {Q.shape}")
+        C = self._costs(prompts)
+        choice, feasible = _select(Q, C, policy, self._allowed(policy))
+        rows = np.arange(len(prompts))
+        quality = Q[rows, choice].astype(np.float64)
+        cost = C[rows, choice]
+        text = str(policy)
+        return [Decision(self.model_names[c], float(q), float(x), text, bool(f))
+                for c, q, x, f in zip(choice.tolist(), quality, cost, feasible)]
+
+    # ---- micro-batching ----------------------------------------------------------------------------------
+    def enable_batching(self, max_wait: float = 0.002, max_batch_prompts: int = 64,
+                        max_batch_tokens: int | None = None, max_queue: int = 1024) -> MicroBatcher:
+        """Share predictor passes between concurrent `aroute` callers (see routoo_fast.batcher)."""
+        if self.batcher is not None:
+            raise RuntimeError("batching is already enabled; call disable_batching() first")
+        self.batcher = MicroBatcher(self.predict, max_wait=max_wait, max_batch_prompts=max_batch_prompts,
+                                    max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+                                    token_estimate=approx_tokens)
+        return self.batcher
+
+    def disable_batching(self) -> None:
+        """Finish queued work and stop the batcher's worker. Idempotent."""
+        batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.close()
+
+    def _predict_any_thread(self, prompts: list[str]) -> np.ndarray:
+        batcher = self.batcher
+        return batcher(prompts) if batcher is not None else self.predict(prompts)
+
+    # ---- checks ------------------------------------------------------------------------------------------
+    def _check_policy(self, policy) -> Policy:
+        policy = parse_policy(policy)
+        if policy.models is not None:
+            unknown = [m for m in policy.models if m not in self._index]
+            if unknown:
+                raise ValueError(f"policy names unknown models {unknown}; this router knows {list(self.model_names)}")
+        return policy
+
+    def _allowed(self, policy: Policy) -> np.ndarray | None:
+        if policy.models is None:
+            return None
+        allowed = np.zeros(len(self.model_names), dtype=np.uint8)
+        allowed[[self._index[m] for m in policy.models]] = 1
+        return allowed
+
+    def __repr__(self) -> str:
+        return f"Router({len(self.model_names)} models, batching={self.batcher is not None})"
+
+
+def _select(Q: np.ndarray, C: np.ndarray, policy: Policy, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(choice int [B], feasible bool [B]) from the selector mode the policy names."""
+    from . import selector
+
+    if isinstance(policy, MaxQuality):
+        sel = selector.max_quality(Q, C, max_cost=policy.max_cost, allowed=allowed)
+    elif isinstance(policy, MinCost):
+        sel = selector.min_cost(Q, C, policy.min_quality, allowed=allowed)
+    elif isinstance(policy, Tradeoff):
+        sel = selector.tradeoff(Q, C, policy.lam, allowed=allowed)
+    elif isinstance(policy, Budget):
+        sel = selector.budget(Q, C, policy.total, allowed=allowed)
+    else:  # parse_policy only makes the four above
+        raise TypeError(f"unknown policy type {type(policy).__name__}")
+    choice = np.asarray(sel.choice, dtype=np.int64)
+    flags = getattr(sel, "flags", None)
+    feasible = np.ones(len(choice), dtype=bool) if flags is None else ~np.asarray(flags, dtype=bool)
+    return choice, feasible
+
+
+def _check_prompts(prompts) -> list[str]:
+    """A single str becomes [str]; otherwise a non-empty sequence of str, or a clear TypeError/ValueError."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, bytes) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: pass at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__}")
+    return list(prompts)
+
+
+def _with_max_length(spec: dict, max_length: int) -> dict:
+    """The encoder spec at another truncation length; its encoder_id (which names max_length) follows along, so
+    Encoder.from_spec still verifies the weights."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    spec = dict(spec, max_length=max_length)
+    if spec.get("encoder_id"):
+        new_id, n = re.subn(r"/max_length=\d+$", f"/max_length={max_length}", spec["encoder_id"])
+        if n != 1:
+            raise ValueError(f"cannot change max_length of encoder {spec['encoder_id']!r}")
+        spec["encoder_id"] = new_id
+    return spec
