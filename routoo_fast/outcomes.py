@@ -387,6 +387,7 @@ def load_mmlu_pro(path, source: str = "ori_mmlu", tokenizer=None) -> OutcomeTabl
     source="ori_mmlu" keeps the 6,810 questions taken from original MMLU (src "ori_mmlu-<subject>"); "all" keeps all
     12,032. Prompts are `format_mcq(question, options)`; output_tokens = output_chars / 4; input_tokens from
     `count_tokens(prompts, tokenizer)`. Rows keep the order of questions.jsonl, models the order of correctness.csv.
+    The models answered a 5-shot chain-of-thought version; input_tokens count the zero-shot prompt a router sends.
     """
     if source not in ("ori_mmlu", "all"):
         raise ValueError(f"source must be 'ori_mmlu' or 'all', got {source!r}")
@@ -657,8 +658,8 @@ def load_zeroeval(path, task: str, tokenizer=None) -> OutcomeTable:
         raise ValueError(f"{cpath} / {opath}: no row for id {missing[:5]} ({len(missing)} missing)")
     correct = correct[[crow[i] for i in ids]]
     chars = chars[[orow[i] for i in ids]]
-    # a record with no output text still has a length of 0; only the outcome decides what is missing
-    chars = np.where(np.isnan(correct), np.nan, np.nan_to_num(chars, nan=0.0))
+    if not np.array_equal(np.isnan(correct), np.isnan(chars)):
+        raise ValueError(f"{opath}: missing entries do not match those of {cpath}")
     prompts = [q["question"] for q in questions]
     meta = {"id": np.array(ids), "task": np.full(len(ids), task)}
     if all("source" in q for q in questions):

@@ -1,6 +1,8 @@
 """PriceTable (shipped prices, overrides, errors) and the expected-cost model against a slow reference."""
 import dataclasses
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +19,10 @@ from routoo_fast.costs import (
     expected_cost,
     expected_output_tokens,
 )
-from routoo_fast.outcomes import OutcomeTable, load_default, load_routerbench, load_zeroeval, shared_data_dir
+from routoo_fast.outcomes import OutcomeTable, load_default, load_routerbench, load_zeroeval
 
-SHARED = shared_data_dir()
+# real data: $ROUTOO_SHARED_DATA, else ../shared/data relative to the repository root (where CI puts it)
+SHARED = Path(os.environ.get("ROUTOO_SHARED_DATA") or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_shipped_prices_named_facts(prices):
 
 @pytest.mark.parametrize("task", ["gsm", "math-l5", "crux"])
 def test_shipped_prices_cover_zeroeval_pools(prices, task):
-    if SHARED is None or not (SHARED / "zeroeval").is_dir():
+    if not (SHARED / "zeroeval").is_dir():
         pytest.skip("real data not found")
     for m in load_zeroeval(SHARED / "zeroeval", task).models:
         assert m in prices, m
@@ -75,8 +78,8 @@ def test_shipped_prices_cover_zeroeval_pools(prices, task):
 def test_prices_reproduce_routerbench_real_costs(prices):
     """The inferred per-token prices times chars/4 token estimates match RouterBench's billed USD per call on
     English prose (ARC). On code (MBPP) chars/4 undercounts tokens for some models by up to ~35%."""
-    path = None if SHARED is None else SHARED / "routerdc" / "routerbench_zs" / "arc_challenge_test.csv"
-    if path is None or not path.is_file():
+    path = SHARED / "routerdc" / "routerbench_zs" / "arc_challenge_test.csv"
+    if not path.is_file():
         pytest.skip("real data not found")
     t = load_routerbench(path)
     pin, pout = prices.per_token(t.models)

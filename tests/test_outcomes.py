@@ -1,8 +1,7 @@
 """OutcomeTable validation, format_mcq, split_by_hash, the bundled data and every loader (real slices + tiny files)."""
-import gzip
 import importlib.util
 import json
-import shutil
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,12 @@ from routoo_fast.outcomes import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = shared_data_dir()
+# real data: $ROUTOO_SHARED_DATA, else ../shared/data relative to the repository root (where CI puts it)
+SHARED = Path(os.environ.get("ROUTOO_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def shared(sub: str) -> Path:
-    if SHARED is None or not (SHARED / sub).exists():
+    if not (SHARED / sub).exists():
         pytest.skip(f"real data {sub} not found (../shared/data beside the repo, or $ROUTOO_SHARED_DATA)")
     return SHARED / sub
 
@@ -100,6 +100,11 @@ def test_subset_and_select_models():
 
 
 # ----------------------------------------------------------------------------------------- text helpers, split
+def test_shared_data_dir_env_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROUTOO_SHARED_DATA", str(tmp_path))
+    assert shared_data_dir() == tmp_path
+
+
 def test_format_mcq_exact():
     assert format_mcq("Q?", ["x", "y", "z"]) == "Q?\nA. x\nB. y\nC. z"
     with pytest.raises(TypeError, match="options must be a list"):
@@ -334,6 +339,10 @@ def test_load_zeroeval_malformed(tmp_path):
     with pytest.raises(ValueError, match=r"questions.jsonl:2: missing field 'question'"):
         load_zeroeval(tmp_path, "gsm")
     (root / "questions.jsonl").write_text('{"id": "q1", "question": "1+1?"}\n')
+    (root / "output_chars.csv").write_text("id,m\nq1,\nq2,3\n")
+    with pytest.raises(ValueError, match="output_chars.csv: missing entries do not match"):
+        load_zeroeval(tmp_path, "gsm")
+    (root / "output_chars.csv").write_text("id,m\nq1,12\nq2,3\n")
     t = load_zeroeval(tmp_path, "gsm")
     assert t.prompts == ["1+1?"] and t.output_tokens.tolist() == [[3.0]]
 
