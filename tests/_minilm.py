@@ -7,7 +7,8 @@ from functools import lru_cache
 def shared_encoder():
     from routoo_fast.encoder import Encoder
 
-    return Encoder(max_length=32, batch_size=2, device="cpu")
+    # one thread: on a shared 2-core machine two OpenMP threads spin against other processes (30x slower)
+    return Encoder(max_length=32, batch_size=2, num_threads=1, device="cpu")
 
 
 PROMPTS = [
