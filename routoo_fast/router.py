@@ -33,7 +33,7 @@ class Decision:
 
     model: chosen model name. predicted_quality: its predicted P(correct). expected_cost: its expected USD for
     this prompt. policy: the policy's text form. feasible: False when the policy could not be met for this prompt
-    (no model under the cost cap, none reaching the quality floor) and the selector's fallback was taken.
+    (no model under the cost cap: the cheapest model is taken; none reaching the quality floor: the best one).
     """
 
     model: str
@@ -97,16 +97,16 @@ class Router:
         backend: pool+score backend (see routoo_fast._backend). max_length: encoder truncation, overriding the
         saved one (shorter is faster; the head was trained at the saved length). num_threads: torch threads.
         """
-        from .encoder import Encoder
-        from .predictor import Predictor
-        from .saved import load_router
-
-        if path == "default":
+        if isinstance(path, str) and path == "default":
             path = DEFAULT_ROUTER
         path = Path(path)
         if not path.exists():
             hint = " (the shipped default router is missing from this install)" if path == DEFAULT_ROUTER else ""
             raise FileNotFoundError(f"router directory {str(path)!r} does not exist{hint}")
+        from .encoder import Encoder
+        from .predictor import Predictor
+        from .saved import load_router
+
         saved = load_router(path)
         spec = dict(saved.config["encoder"])
         if max_length is not None:
@@ -205,8 +205,8 @@ class Router:
     def _allowed(self, policy: Policy) -> np.ndarray | None:
         if policy.models is None:
             return None
-        allowed = np.zeros(len(self.model_names), dtype=np.uint8)
-        allowed[[self._index[m] for m in policy.models]] = 1
+        allowed = np.zeros(len(self.model_names), dtype=bool)
+        allowed[[self._index[m] for m in policy.models]] = True
         return allowed
 
     def __repr__(self) -> str:
@@ -214,23 +214,31 @@ class Router:
 
 
 def _select(Q: np.ndarray, C: np.ndarray, policy: Policy, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """(choice int [B], feasible bool [B]) from the selector mode the policy names."""
+    """(choice int64 [B], feasible bool [B]) from the selector mode the policy names.
+
+    Where the policy cannot be met the prompt still gets a model, flagged infeasible: min_cost's fallback is the
+    best predicted model (the selector's), max_quality's is the cheapest allowed model (the nearest to the cap).
+    """
     from . import selector
 
+    B = Q.shape[0]
     if isinstance(policy, MaxQuality):
         sel = selector.max_quality(Q, C, max_cost=policy.max_cost, allowed=allowed)
-    elif isinstance(policy, MinCost):
+        choice, feasible = np.asarray(sel.choice, dtype=np.int64), np.asarray(sel.feasible, dtype=bool)
+        if not feasible.all():
+            cheapest = np.where(allowed if allowed is not None else True, C, np.inf).argmin(axis=1)
+            choice = np.where(feasible, choice, cheapest)
+        return choice, feasible
+    if isinstance(policy, MinCost):
         sel = selector.min_cost(Q, C, policy.min_quality, allowed=allowed)
-    elif isinstance(policy, Tradeoff):
+        return np.asarray(sel.choice, dtype=np.int64), ~np.asarray(sel.flagged, dtype=bool)
+    if isinstance(policy, Tradeoff):
         sel = selector.tradeoff(Q, C, policy.lam, allowed=allowed)
     elif isinstance(policy, Budget):
         sel = selector.budget(Q, C, policy.total, allowed=allowed)
     else:  # parse_policy only makes the four above
         raise TypeError(f"unknown policy type {type(policy).__name__}")
-    choice = np.asarray(sel.choice, dtype=np.int64)
-    flags = getattr(sel, "flags", None)
-    feasible = np.ones(len(choice), dtype=bool) if flags is None else ~np.asarray(flags, dtype=bool)
-    return choice, feasible
+    return np.asarray(sel.choice, dtype=np.int64), np.ones(B, dtype=bool)
 
 
 def _check_prompts(prompts) -> list[str]:

@@ -22,7 +22,8 @@ def small_predictor(max_length: int = 32):
     missing = [m for m in MODELS if m not in prices]
     assert not missing, f"test models missing from assets/prices.csv: {missing}"
     torch.manual_seed(1234)
-    encoder = Encoder(max_length=max_length, batch_size=64)
+    # one thread: on a shared 2-core machine two OpenMP threads spin against other processes
+    encoder = Encoder(max_length=max_length, batch_size=64, num_threads=1, device="cpu")
     head = ScoringHead(encoder.hidden_size, len(MODELS), hidden=16, act="gelu")
     with torch.no_grad():  # spread the biases so the models differ clearly in predicted quality
         head.b.copy_(torch.tensor([-0.5, 0.3, 1.0, -1.0]))
