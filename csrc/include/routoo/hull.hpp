@@ -1,0 +1,110 @@
+// Per-prompt upper convex hull over (cost, quality), the LP-relevant models of a multiple-choice knapsack.
+//
+// For prompt i the hull is the chain of allowed models v_0, v_1, ..., v_k with strictly increasing cost and
+// quality (dominated models dropped) and non-increasing edge slopes (dq/dc); v_0 is the cheapest model (ties:
+// higher quality, then lower index), v_k the best one (ties: cheaper, then lower index). Collinear middle
+// points are kept: they are finer integer steps along the same LP edge.
+// Cost O(N) per prompt plus a sort of the few models that survive two linear filters.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "per_prompt.hpp"
+
+namespace routoo {
+
+struct Hulls {
+    std::vector<std::int64_t> offset;  // [P + 1]: prompt i owns vertices offset[i] .. offset[i + 1] - 1
+    std::vector<std::int32_t> model;   // vertex -> model index
+    std::vector<double> cost, quality; // vertex -> (cost, quality)
+    double min_total_cost = 0.0;       // sum over prompts of the cheapest allowed cost
+    std::int64_t empty_prompt = -1;    // first prompt with no allowed model, or -1
+};
+
+namespace detail {
+// Is b strictly below the segment a -> c (cost increasing)? Exact for float inputs (differences and products
+// of floats are exact in double); a tiny rounding for double inputs only matters for near-collinear points.
+inline bool below(double ca, double qa, double cb, double qb, double cc, double qc) {
+    return (qb - qa) * (cc - ca) < (qc - qa) * (cb - ca);
+}
+}  // namespace detail
+
+template <class T>
+Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N, Hulls& h) {
+    h.offset.assign(1, 0);
+    h.offset.reserve(P + 1);
+    h.model.clear(); h.cost.clear(); h.quality.clear();
+    h.min_total_cost = 0.0;
+    h.empty_prompt = -1;
+    T chk = 0, cmin = std::numeric_limits<T>::infinity();
+    std::vector<std::int32_t> cand(static_cast<std::size_t>(N));
+    for (std::int64_t i = 0; i < P; ++i) {
+        const T* q = Q.row(i);
+        const T* c = C.row(i);
+        const std::uint8_t* m = ok.row(i);
+        // pass 1: the best model b (top of the hull: max q, ties cheaper) and the cheapest model l (its bottom:
+        // max -c, ties higher quality)
+        const CheaperFirst<T> cheaper{c};
+        const BetterFirst<T> better{q};
+        const std::int32_t b = m ? argbest_masked<Score::tradeoff>(q, c, m, N, T(0), chk, cmin, cheaper)
+                                 : argbest<Score::tradeoff>(q, c, N, T(0), chk, cmin, cheaper);
+        const std::int32_t l = m ? argbest_masked<Score::cheapest>(q, c, m, N, T(0), chk, cmin, better)
+                                 : argbest<Score::cheapest>(q, c, N, T(0), chk, cmin, better);
+        if (b < 0 || l < 0) {
+            if (h.empty_prompt < 0) h.empty_prompt = i;
+            h.offset.push_back(static_cast<std::int64_t>(h.model.size()));
+            continue;
+        }
+        const double bq = static_cast<double>(q[b]), bc = static_cast<double>(c[b]);
+        const double lq = static_cast<double>(q[l]), lc = static_cast<double>(c[l]);
+        h.min_total_cost += lc;
+        // pass 2: keep only models strictly inside the box (lc, bc) x (lq, bq) and not below the line L -> B;
+        // everything else is dominated by L or B or lies under the hull.
+        std::size_t k = 0;
+        if (b != l) {
+            for (std::int64_t j = 0; j < N; ++j) {  // branch-free: most models fail the test
+                const double qj = static_cast<double>(q[j]), cj = static_cast<double>(c[j]);
+                const bool keep = (!m || m[j]) & (cj > lc) & (cj < bc) & (qj > lq) & (qj < bq) &
+                                  !detail::below(lc, lq, cj, qj, bc, bq);
+                cand[k] = static_cast<std::int32_t>(j);
+                k += keep;
+            }
+        }
+        // order: cost ascending, then quality descending, then index ascending (insertion sort: k is small)
+        auto before = [&](std::int32_t x, std::int32_t y) {
+            const double cx = static_cast<double>(c[x]), cy = static_cast<double>(c[y]);
+            if (cx != cy) return cx < cy;
+            const double qx = static_cast<double>(q[x]), qy = static_cast<double>(q[y]);
+            if (qx != qy) return qx > qy;
+            return x < y;
+        };
+        for (std::size_t a = 1; a < k; ++a) {
+            const std::int32_t v = cand[a];
+            std::size_t p = a;
+            while (p > 0 && before(v, cand[p - 1])) { cand[p] = cand[p - 1]; --p; }
+            cand[p] = v;
+        }
+        // monotone chain: push L, the survivors, then B; drop dominated points and points strictly under the hull
+        const std::size_t base = h.model.size();
+        auto push = [&](std::int32_t j) {
+            const double cj = static_cast<double>(c[j]), qj = static_cast<double>(q[j]);
+            if (h.model.size() > base && qj <= h.quality.back()) return;  // dominated (costs are sorted)
+            while (h.model.size() >= base + 2) {
+                const std::size_t t = h.model.size() - 1;
+                if (!detail::below(h.cost[t - 1], h.quality[t - 1], h.cost[t], h.quality[t], cj, qj)) break;
+                h.model.pop_back(); h.cost.pop_back(); h.quality.pop_back();
+            }
+            h.model.push_back(j); h.cost.push_back(cj); h.quality.push_back(qj);
+        };
+        push(l);
+        for (std::size_t a = 0; a < k; ++a) push(cand[a]);
+        if (b != l) push(b);
+        h.offset.push_back(static_cast<std::int64_t>(h.model.size()));
+    }
+    return status_of(chk, cmin);
+}
+
+}  // namespace routoo
