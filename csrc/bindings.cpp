@@ -123,7 +123,9 @@ py::dict budget(const py::array& Q, const py::array& C, double total_budget, con
     out["status"] = static_cast<int>(status);
     out["empty_prompt"] = h.empty_prompt;
     out["min_total_cost"] = h.min_total_cost;
-    if (status != routoo::Status::ok || h.empty_prompt >= 0 || total_budget < h.min_total_cost) return out;
+    // a relative 1e-12 slack: a budget computed as mean * n_prompts may round just below the exact cheapest sum
+    if (status != routoo::Status::ok || h.empty_prompt >= 0 || total_budget < h.min_total_cost * (1.0 - 1e-12))
+        return out;
     py::array_t<std::int32_t> choice(s.P);
     auto* ch = choice.mutable_data();
     routoo::BudgetResult r;
