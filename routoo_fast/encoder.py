@@ -160,6 +160,9 @@ class Encoder:
         prompts = check_prompts(prompts)
         ids = self.tokenizer(prompts, truncation=True, max_length=self.max_length, padding=False,
                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        # a tokenizer that adds no special tokens (many decoders) turns "" into no tokens at all, which a forward
+        # pass cannot take: such a prompt is encoded as the single pad token instead
+        ids = [x if len(x) else [self.tokenizer.pad_token_id] for x in ids]
         order = np.argsort(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), kind="stable")
         for s in range(0, len(order), self.batch_size):
             index = order[s:s + self.batch_size]

@@ -126,3 +126,26 @@ def test_last_token_pooling_on_a_decoder(tiny_decoder):
             ids = tok([p], truncation=True, max_length=16, return_tensors="pt", return_token_type_ids=False)
             expected = model(**ids).last_hidden_state[0, -1].numpy()
             np.testing.assert_allclose(got[i], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_with_no_tokens_is_encoded_as_the_pad_token(tiny_decoder):
+    """Decoder tokenizers often add no special tokens, so "" has no tokens; it must not crash the forward."""
+    enc = Encoder(tiny_decoder, max_length=16, pooling="last", device="cpu")
+
+    class NoSpecialTokens:
+        def __init__(self, tok):
+            self.tok = tok
+
+        def __call__(self, texts, **kwargs):
+            return self.tok(texts, add_special_tokens=False, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.tok, name)
+
+    enc.tokenizer = NoSpecialTokens(enc.tokenizer)
+    got = enc.encode(["", "hello world"])
+    with torch.no_grad():
+        pad_state = enc.model(input_ids=torch.tensor([[enc.tokenizer.pad_token_id]])).last_hidden_state[0, -1]
+    np.testing.assert_allclose(got[0], pad_state.numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(enc.encode([""])[0], pad_state.numpy(), atol=1e-5, rtol=1e-4)  # a batch of width 0
+    assert np.isfinite(got).all()
