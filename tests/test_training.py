@@ -1,0 +1,150 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from routoo_fast.head import ScoringHead
+from routoo_fast.metrics import evaluate_predictions
+from routoo_fast.training import (
+    TrainConfig,
+    fold_standardisation,
+    masked_bce,
+    prior_logits,
+    train_head,
+)
+
+
+def synthetic(P=400, D=12, N=5, seed=0, missing=0.2):
+    """Outcomes from a known low-rank logit model, on features with a non-zero mean and mixed scales."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(P, D)) * rng.uniform(0.1, 5, size=D) + rng.normal(size=D) * 3
+    w = rng.normal(size=D) / rng.uniform(0.1, 5, size=D)  # difficulty direction, in the raw scale
+    skill = np.linspace(-1, 1.5, N)
+    logit = 2.0 * ((x - x.mean(0)) @ w / np.std((x - x.mean(0)) @ w))[:, None] + skill[None, :]
+    y = (rng.random((P, N)) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    y[rng.random((P, N)) < missing] = np.nan
+    synthetic.true_probs = 1 / (1 + np.exp(-logit))
+    return x.astype(np.float32), y
+
+
+def probs(head, x):
+    with torch.no_grad():
+        return head.probs(torch.from_numpy(np.asarray(x, np.float32))).numpy()
+
+
+FAST = TrainConfig(hidden=16, epochs=60, lr=3e-3, patience=8, weight_decay=0.1, batch_size=32)
+
+
+def split(P):
+    idx = np.arange(P)
+    return idx[: int(0.6 * P)], idx[int(0.6 * P): int(0.8 * P)], idx[int(0.8 * P):]
+
+
+def test_learns_the_signal_and_beats_the_prior():
+    x, y = synthetic()
+    tr, va, te = split(len(x))
+    head, hist = train_head(x, y, tr, va, FAST, progress=False)
+    rep = evaluate_predictions(y[te], probs(head, x[te]), list("abcde"))
+    oracle = evaluate_predictions(y[te], synthetic.true_probs[te], list("abcde"))
+    assert rep.mean_auc > oracle.mean_auc - 0.03, (rep.mean_auc, oracle.mean_auc)
+    prior = np.broadcast_to(1 / (1 + np.exp(-prior_logits(y[tr]))), y[te].shape)
+    assert rep.mean_brier < evaluate_predictions(y[te], prior, list("abcde")).mean_brier
+    assert len(hist.train_loss) == len(hist.val_loss) >= 1
+
+
+def test_same_seed_same_weights_and_caller_rng_untouched():
+    x, y = synthetic()
+    tr, va, _ = split(len(x))
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = train_head(x, y, tr, va, FAST, progress=False)
+    after = torch.rand(3)
+    b, _ = train_head(x, y, tr, va, FAST, progress=False)
+    assert torch.equal(before, after)  # training forked the RNG
+    for name, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[name]), name
+    c, _ = train_head(x, y, tr, va, TrainConfig(**{**FAST.to_dict(), "seed": 1}), progress=False)
+    assert not torch.equal(a.E, c.E)
+
+
+@pytest.mark.parametrize("hidden", [16, None])
+def test_fold_standardisation_matches_standardised_input(hidden):
+    torch.manual_seed(0)
+    head = ScoringHead(7, 3, hidden=hidden, act="gelu")
+    x = torch.randn(20, 7, dtype=torch.float64).float() * 4 + 2
+    mean, std = x.mean(0).numpy(), x.std(0).numpy() + 0.5
+    want = head((x - torch.from_numpy(mean)) / torch.from_numpy(std))
+    folded = copy.deepcopy(head)
+    fold_standardisation(folded, mean, std)
+    torch.testing.assert_close(folded(x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    x, y = synthetic(P=200, D=30, missing=0.0)
+    tr, va, _ = split(len(x))
+    cfg = TrainConfig(hidden=64, epochs=200, lr=1e-2, patience=4, dropout=0.0, weight_decay=0.0)
+    head, hist = train_head(x, y, tr, va, cfg, progress=False)
+    assert hist.stopped_early and len(hist.val_loss) < cfg.epochs
+    assert hist.best_epoch == int(np.argmin(hist.val_loss))
+    assert len(hist.val_loss) == hist.best_epoch + 1 + cfg.patience
+    # the returned (folded) head reproduces the best validation loss on raw features
+    with torch.no_grad():
+        logits = head(torch.from_numpy(x[va]))
+    yv = torch.from_numpy(np.nan_to_num(y[va]))
+    mv = torch.from_numpy((~np.isnan(y[va])).astype(np.float32))
+    assert float(masked_bce(logits, yv, mv)) == pytest.approx(hist.best_val_loss, rel=1e-4)
+
+
+def test_bias_starts_at_prior_accuracy_and_missing_outcomes_are_ignored():
+    x, y = synthetic()
+    y[:, 4] = np.nan  # a model never observed
+    tr, va, _ = split(len(x))
+    cfg = TrainConfig(hidden=8, epochs=1, lr=1e-9, patience=1)
+    head, _ = train_head(x, y, tr, va, cfg, progress=False)
+    # W1/b1 absorbed the standardisation, E and b did not move with lr ~ 0
+    np.testing.assert_allclose(head.b.detach().numpy(), prior_logits(y[tr]), atol=1e-5)
+    assert prior_logits(y[tr])[4] == 0.0
+    acc = np.nanmean(y[tr][:, 0])
+    assert prior_logits(y[tr])[0] == pytest.approx(np.log(acc / (1 - acc)), rel=1e-5)
+
+
+def test_masked_bce_counts_only_observed_entries():
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 5.0]])
+    target = torch.tensor([[1.0, 0.3], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    def bce(z, t):  # noqa: E306
+        p = 1 / (1 + np.exp(-z))
+        return -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    want = (bce(0.0, 1.0) + bce(2.0, 0.3) + bce(-1.0, 0.0)) / 3
+    assert float(masked_bce(logits, target, mask)) == pytest.approx(want, rel=1e-6)
+
+
+def test_no_validation_runs_all_epochs():
+    x, y = synthetic(P=100)
+    head, hist = train_head(x, y, np.arange(100), [], TrainConfig(hidden=4, epochs=3), progress=False)
+    assert len(hist.train_loss) == 3 and hist.val_loss == [] and hist.best_epoch == 2
+
+
+def test_bad_input_is_named():
+    x, y = synthetic(P=50)
+    tr, va = np.arange(30), np.arange(30, 50)
+    with pytest.raises(ValueError, match="scores must be"):
+        train_head(x, y[:10], tr, va, progress=False)
+    with pytest.raises(ValueError, match="features have NaN"):
+        train_head(np.full_like(x, np.nan), y, tr, va, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        train_head(x, y * 2 + 0.5, tr, va, progress=False)
+    with pytest.raises(ValueError, match="overlap"):
+        train_head(x, y, tr, np.arange(25, 40), progress=False)
+    with pytest.raises(ValueError, match="val_idx has indices"):
+        train_head(x, y, tr, [99], progress=False)
+    with pytest.raises(ValueError, match="train_idx is empty"):
+        train_head(x, y, [], va, progress=False)
+    with pytest.raises(ValueError, match="hidden"):
+        TrainConfig(hidden=0)
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="act"):
+        TrainConfig(act="swish")
