@@ -235,19 +235,23 @@ def create_app(
                 policy = _policy(spec, default_policy)
                 policy = _restrict_to_upstreams(policy, routable, upstreams)
                 decision = (await decide([_last_user_text(messages)], policy))[0]
-                record([decision])
                 chosen = decision.model
                 headers = {"x-routoo-policy": decision.policy,
                            "x-routoo-predicted-quality": f"{decision.predicted_quality:.6g}",
                            "x-routoo-expected-cost": f"{decision.expected_cost:.6g}",
                            "x-routoo-feasible": str(decision.feasible).lower()}
+            elif "routoo_policy" in body:
+                raise HTTPError(400, f"'routoo_policy' applies only to model 'router', not to {model!r}")
             elif model in upstreams:
-                chosen = model
+                chosen, decision = model, None
             else:
                 raise HTTPError(400, f"unknown model {model!r}: use 'router', 'router:<policy>' or one of "
                                      f"{sorted(upstreams)}")
             headers["x-routoo-model"] = chosen
-            return await _forward(request.app.state.client, upstreams[chosen], body, headers, metrics)
+            response = await _forward(request.app.state.client, upstreams[chosen], body, headers, metrics)
+            if decision is not None and response.status_code < 400:  # spend counts calls that were made
+                record([decision])
+            return response
         except HTTPError as err:
             return _error_response(err)
 

@@ -217,6 +217,8 @@ def test_chat_direct_model_passes_through(client, upstream):
         ({"model": "router", "messages": [{"role": "system", "content": "only system"}]}, "no user message"),
         ({"model": "router:models=nokey-model|no-such", "messages": [{"role": "user", "content": "hi"}]},
          "have no upstream configured"),
+        ({"model": "direct-model", "routoo_policy": "lambda=1", "messages": [{"role": "user", "content": "hi"}]},
+         "applies only to model 'router'"),
     ],
 )
 def test_chat_bad_input_is_400(client, payload, match):
