@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from routoo_fast.costs import PriceTable
 from routoo_fast.policies import MaxQuality, Tradeoff
 from routoo_fast.router import DEFAULT_ROUTER, Decision, Router, _with_max_length
-from tests.small_router import EXPECTED_OUTPUT_TOKENS, MODELS, small_predictor, small_router
+from small_router import EXPECTED_OUTPUT_TOKENS, MODELS, small_predictor, small_router
 
 PROMPTS = ["What is 2 + 2?", "Summarise the causes of the French Revolution in three sentences.", "",
            "Translate 'good morning' into Japanese and explain the politeness level." * 3]

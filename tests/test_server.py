@@ -9,8 +9,8 @@ import pytest
 
 from routoo_fast.server import create_app
 from routoo_fast.upstreams import Upstreams
-from tests.fake_upstream import FakeUpstream, free_port, reply_text, serve_in_thread
-from tests.small_router import MODELS, small_router
+from fake_upstream import FakeUpstream, free_port, reply_text, serve_in_thread
+from small_router import MODELS, small_router
 
 KEY_ENV = "ROUTOO_TEST_UPSTREAM_KEY"
 SECRET = "sk-test-not-a-real-key-93f1"

@@ -1,0 +1,30 @@
+"""Bounded load test (slow): 2,000 single-prompt /v1/route requests from 64 concurrent clients against
+`routoo-fast serve` on loopback, with and without micro-batching. No request may fail, and batching must serve
+more requests per second than one predictor pass per request. Figures are printed (run with -s to see them)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "load_test.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("routoo_load_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_batched_vs_unbatched():
+    run_load_test = load_script().run_load_test
+    results = {r.mode: r for r in run_load_test("default", requests=2000, concurrency=64, max_length=64)}
+    for r in results.values():
+        print(f"\n{r.mode}: {r.requests_per_s:.1f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, "
+              f"status {r.status_counts}")
+    assert all(r.errors == 0 and r.status_counts == {"200": 2000} for r in results.values())
+    assert results["batched"].requests_per_s > results["unbatched"].requests_per_s
