@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -64,6 +65,9 @@ struct Sse2Float {
     static V max(V a, V b) { return _mm_max_ps(a, b); }
     static V min(V a, V b) { return _mm_min_ps(a, b); }
     static int eqmask(V a, V b) { return _mm_movemask_ps(_mm_cmpeq_ps(a, b)); }
+    // lanes with lo < x < hi
+    static V inside(V x, V lo, V hi) { return _mm_and_ps(_mm_cmpgt_ps(x, lo), _mm_cmplt_ps(x, hi)); }
+    static int both(V a, V b) { return _mm_movemask_ps(_mm_and_ps(a, b)); }
 };
 struct Sse2Double {
     using T = double;
@@ -78,6 +82,9 @@ struct Sse2Double {
     static V max(V a, V b) { return _mm_max_pd(a, b); }
     static V min(V a, V b) { return _mm_min_pd(a, b); }
     static int eqmask(V a, V b) { return _mm_movemask_pd(_mm_cmpeq_pd(a, b)); }
+    // lanes with lo < x < hi
+    static V inside(V x, V lo, V hi) { return _mm_and_pd(_mm_cmpgt_pd(x, lo), _mm_cmplt_pd(x, hi)); }
+    static int both(V a, V b) { return _mm_movemask_pd(_mm_and_pd(a, b)); }
 };
 
 constexpr int kBuffer = 512;  // longest row (in models) handled by the SIMD path
@@ -152,6 +159,24 @@ inline std::int32_t argbest_simd(const typename X::T* q, const typename X::T* c,
     return first;
 }
 #endif
+
+// Bit mask over models j0 .. j0 + 7 of lc < c_j < bc and lq < q_j < bq (the box between a hull's ends).
+template <class T>
+inline unsigned box_mask8(const T* q, const T* c, T lq, T lc, T bq, T bc) {
+#if defined(__SSE2__)
+    using X = std::conditional_t<sizeof(T) == sizeof(float), Sse2Float, Sse2Double>;
+    const auto vlq = X::set1(lq), vlc = X::set1(lc), vbq = X::set1(bq), vbc = X::set1(bc);
+    unsigned mk = 0;
+    for (int k = 0; k < 8; k += X::W)
+        mk |= static_cast<unsigned>(X::both(X::inside(X::load(c + k), vlc, vbc), X::inside(X::load(q + k), vlq, vbq)))
+              << k;
+    return mk;
+#else
+    unsigned mk = 0;
+    for (int k = 0; k < 8; ++k) mk |= static_cast<unsigned>((c[k] > lc) & (c[k] < bc) & (q[k] > lq) & (q[k] < bq)) << k;
+    return mk;
+#endif
+}
 
 }  // namespace detail
 

@@ -40,7 +40,11 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
     h.min_total_cost = 0.0;
     h.empty_prompt = -1;
     T chk = 0, cmin = std::numeric_limits<T>::infinity();
-    std::vector<std::int32_t> cand(static_cast<std::size_t>(N));
+    struct Point {
+        T q, c;
+        std::int32_t j;
+    };
+    std::vector<Point> cand(static_cast<std::size_t>(N));
     for (std::int64_t i = 0; i < P; ++i) {
         const T* q = Q.row(i);
         const T* c = C.row(i);
@@ -62,27 +66,30 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
         const double lq = static_cast<double>(q[l]), lc = static_cast<double>(c[l]);
         h.min_total_cost += lc;
         // pass 2: keep only models strictly inside the box (lc, bc) x (lq, bq) and not below the line L -> B;
-        // everything else is dominated by L or B or lies under the hull.
+        // everything else is dominated by L or B or lies under the hull. The box test runs 8 models at a time
+        // in T (exact); the line test in double only for the few inside the box.
         std::size_t k = 0;
+        auto consider = [&](std::int64_t j) {  // branch-free append: the outcome is unpredictable
+            const double qj = static_cast<double>(q[j]), cj = static_cast<double>(c[j]);
+            cand[k] = {q[j], c[j], static_cast<std::int32_t>(j)};
+            k += static_cast<std::size_t>((!m || m[j]) & !detail::below(lc, lq, cj, qj, bc, bq));
+        };
         if (b != l) {
-            for (std::int64_t j = 0; j < N; ++j) {  // branch-free: most models fail the test
-                const double qj = static_cast<double>(q[j]), cj = static_cast<double>(c[j]);
-                const bool keep = (!m || m[j]) & (cj > lc) & (cj < bc) & (qj > lq) & (qj < bq) &
-                                  !detail::below(lc, lq, cj, qj, bc, bq);
-                cand[k] = static_cast<std::int32_t>(j);
-                k += keep;
-            }
+            std::int64_t j = 0;
+            for (; j + 8 <= N; j += 8)
+                for (unsigned mk = detail::box_mask8(q + j, c + j, q[l], c[l], q[b], c[b]); mk; mk &= mk - 1)
+                    consider(j + __builtin_ctz(mk));
+            for (; j < N; ++j)
+                if (c[j] > c[l] && c[j] < c[b] && q[j] > q[l] && q[j] < q[b]) consider(j);
         }
         // order: cost ascending, then quality descending, then index ascending (insertion sort: k is small)
-        auto before = [&](std::int32_t x, std::int32_t y) {
-            const double cx = static_cast<double>(c[x]), cy = static_cast<double>(c[y]);
-            if (cx != cy) return cx < cy;
-            const double qx = static_cast<double>(q[x]), qy = static_cast<double>(q[y]);
-            if (qx != qy) return qx > qy;
-            return x < y;
+        auto before = [](const Point& x, const Point& y) {
+            if (x.c != y.c) return x.c < y.c;
+            if (x.q != y.q) return x.q > y.q;
+            return x.j < y.j;
         };
         for (std::size_t a = 1; a < k; ++a) {
-            const std::int32_t v = cand[a];
+            const Point v = cand[a];
             std::size_t p = a;
             while (p > 0 && before(v, cand[p - 1])) { cand[p] = cand[p - 1]; --p; }
             cand[p] = v;
@@ -100,7 +107,7 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
             h.model.push_back(j); h.cost.push_back(cj); h.quality.push_back(qj);
         };
         push(l);
-        for (std::size_t a = 0; a < k; ++a) push(cand[a]);
+        for (std::size_t a = 0; a < k; ++a) push(cand[a].j);
         if (b != l) push(b);
         h.offset.push_back(static_cast<std::int64_t>(h.model.size()));
     }
