@@ -36,3 +36,13 @@ def small_router(max_length: int = 32):
     from routoo_fast.router import Router
 
     return Router(small_predictor(max_length), PriceTable.load(), EXPECTED_OUTPUT_TOKENS)
+
+
+def save_small_router(path, max_length: int = 32):
+    """Write the small router as a router directory (routoo_fast.saved format) at `path`; returns the path."""
+    from routoo_fast.costs import PriceTable
+    from routoo_fast.saved import save_router
+
+    predictor = small_predictor(max_length)
+    return save_router(path, predictor.head, list(MODELS), predictor.encoder.spec(), PriceTable.load(),
+                       EXPECTED_OUTPUT_TOKENS, metadata={"note": "untrained test router (seeded random head)"})

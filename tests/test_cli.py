@@ -2,6 +2,7 @@
 traceback, 2 usage), policy flags, and real routing/serving through a saved router directory."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -110,3 +111,83 @@ def test_entry_point_is_installed():
     assert ok.returncode == 0 and "routoo-fast" in ok.stdout
     bad = subprocess.run(cmd + ["route"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+# ---- real routing and serving through a saved router directory ------------------------------------------------
+@pytest.fixture(scope="module")
+def router_dir(tmp_path_factory):
+    from small_router import save_small_router
+
+    return save_small_router(tmp_path_factory.mktemp("cli") / "router")
+
+
+def test_route_command_json_matches_router(capsys, monkeypatch, router_dir):
+    from small_router import MODELS, small_router
+
+    prompts = ["What is 2 + 2?", "Name three prime numbers."]
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Name three prime numbers.\n\n"))
+    code, out, err = run_main(capsys, "route", prompts[0], "-", "--router", str(router_dir), "--lambda", "700",
+                              "--json", "--scores")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    expected = small_router().route(prompts, "lambda=700")
+    assert [r["prompt"] for r in rows] == prompts
+    assert [r["model"] for r in rows] == [d.model for d in expected]
+    assert all(set(r["scores"]) == set(MODELS) for r in rows)
+    assert rows[0]["expected_cost"] == pytest.approx(expected[0].expected_cost, rel=1e-12)
+
+
+def test_route_and_bench_commands_print_tables(capsys, router_dir):
+    code, out, err = run_main(capsys, "route", "What is the capital of Peru?", "--router", str(router_dir),
+                              "--max-cost", "0.0000001")
+    assert code == 0, err
+    assert "quality=" in out and "cost=$" in out and "policy not met" in out  # nothing is that cheap
+    code, out, err = run_main(capsys, "bench", "--router", str(router_dir), "--prompts", "8", "--batch-sizes", "1,4")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["batch", "prompts/s", "ms/batch"] and [ln.split()[0] for ln in lines[1:]] == ["1", "4"]
+
+
+def test_serve_command_end_to_end(router_dir, tmp_path):
+    """`routoo-fast serve` as a real subprocess on loopback, with auth and an upstream config; SIGTERM stops it."""
+    from fake_upstream import FakeUpstream, free_port, reply_text, serve_in_thread
+    from small_router import MODELS
+
+    fake = FakeUpstream()
+    with serve_in_thread(fake.app) as upstream_url:
+        cfg = tmp_path / "upstreams.json"
+        cfg.write_text(json.dumps({"defaults": {"base_url": upstream_url + "/v1"}, "models": {m: {} for m in MODELS}}))
+        port = free_port()
+        env = dict(os.environ, ROUTOO_CLI_TEST_TOKEN="tok-123")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "routoo_fast.cli", "serve", "--router", str(router_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--upstreams", str(cfg), "--auth-token-env", "ROUTOO_CLI_TEST_TOKEN",
+             "--policy", "lambda=500", "--log-level", "warning"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None, proc.communicate()[1]
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+            auth = {"Authorization": "Bearer tok-123"}
+            assert httpx.post(url + "/v1/route", json={"prompt": "hi"}).status_code == 401
+            r = httpx.post(url + "/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30)
+            assert r.status_code == 200 and r.json()["decisions"][0]["policy"] == "lambda=500.0"
+            r = httpx.post(url + "/v1/chat/completions", headers=auth, timeout=30,
+                           json={"model": "router", "messages": [{"role": "user", "content": "hello there"}]})
+            assert r.status_code == 200
+            chosen = r.headers["x-routoo-model"]
+            assert chosen in MODELS and r.json()["choices"][0]["message"]["content"] == reply_text(chosen, "hello there")
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+        # uvicorn shuts down gracefully, then re-raises the captured SIGTERM so supervisors see it
+        assert proc.returncode in (0, -signal.SIGTERM), err
+        assert "Traceback" not in err

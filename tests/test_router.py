@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from routoo_fast.costs import PriceTable
 from routoo_fast.policies import MaxQuality, Tradeoff
 from routoo_fast.router import DEFAULT_ROUTER, Decision, Router, _with_max_length
-from small_router import EXPECTED_OUTPUT_TOKENS, MODELS, small_predictor, small_router
+from small_router import EXPECTED_OUTPUT_TOKENS, MODELS, save_small_router, small_predictor, small_router
 
 PROMPTS = ["What is 2 + 2?", "Summarise the causes of the French Revolution in three sentences.", "",
            "Translate 'good morning' into Japanese and explain the politeness level." * 3]
@@ -193,6 +193,17 @@ def test_constructor_validation():
         Router(predictor, {"a": 1}, EXPECTED_OUTPUT_TOKENS)
     with pytest.raises(ValueError, match="no price"):
         Router(predictor, PriceTable({}), EXPECTED_OUTPUT_TOKENS)
+
+
+def test_from_pretrained_round_trip(tmp_path):
+    path = save_small_router(tmp_path / "router")
+    loaded = Router.from_pretrained(path, backend="cpu")
+    assert loaded.model_names == MODELS
+    np.testing.assert_allclose(loaded.predict(PROMPTS), small_predictor().predict(PROMPTS), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(loaded.costs(PROMPTS), small_router().costs(PROMPTS))
+    assert loaded.route(PROMPTS, "lambda=700") == small_router().route(PROMPTS, "lambda=700")
+    shorter = Router.from_pretrained(str(path), max_length=8)
+    assert shorter.predictor.encoder.max_length == 8
 
 
 def test_from_pretrained_missing_directory(tmp_path):
