@@ -77,7 +77,8 @@ def test_calibrate_lambda_hits_target(case, f):
 def test_frontier_monotone_concave_and_matches_reference(case):
     Q, C = case
     f = S.frontier(Q, C)
-    assert (np.diff(f.cost) > 0).all() and (np.diff(f.quality) > 0).all()
+    # totals are running sums: a tiny step can vanish in rounding, so non-decreasing (each edge itself is > 0)
+    assert (np.diff(f.cost) >= 0).all() and (np.diff(f.quality) >= 0).all()
     assert (np.diff(f.slopes) <= 0).all() and (f.slopes > 0).all()
     slopes, cost, quality = R.frontier_reference(Q, C)
     np.testing.assert_array_equal(f.slopes, slopes)

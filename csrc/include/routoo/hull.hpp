@@ -4,7 +4,7 @@
 // quality (dominated models dropped) and non-increasing edge slopes (dq/dc); v_0 is the cheapest model (ties:
 // higher quality, then lower index), v_k the best one (ties: cheaper, then lower index). Collinear middle
 // points are kept: they are finer integer steps along the same LP edge.
-// Cost O(N) per prompt plus a sort of the few models that survive two linear filters.
+// Cost O(N) per prompt plus gift wrapping over the few models that survive two linear filters.
 #pragma once
 
 #include <algorithm>
@@ -37,6 +37,8 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
     h.offset.assign(1, 0);
     h.offset.reserve(P + 1);
     h.model.clear(); h.cost.clear(); h.quality.clear();
+    const auto guess = static_cast<std::size_t>(4 * P);  // random data averages under 4 vertices per prompt
+    h.model.reserve(guess); h.cost.reserve(guess); h.quality.reserve(guess);
     h.min_total_cost = 0.0;
     h.empty_prompt = -1;
     T chk = 0, cmin = std::numeric_limits<T>::infinity();
@@ -82,33 +84,30 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
             for (; j < N; ++j)
                 if (c[j] > c[l] && c[j] < c[b] && q[j] > q[l] && q[j] < q[b]) consider(j);
         }
-        // order: cost ascending, then quality descending, then index ascending (insertion sort: k is small)
-        auto before = [](const Point& x, const Point& y) {
-            if (x.c != y.c) return x.c < y.c;
-            if (x.q != y.q) return x.q > y.q;
-            return x.j < y.j;
-        };
-        for (std::size_t a = 1; a < k; ++a) {
-            const Point v = cand[a];
-            std::size_t p = a;
-            while (p > 0 && before(v, cand[p - 1])) { cand[p] = cand[p - 1]; --p; }
-            cand[p] = v;
-        }
-        // monotone chain: push L, the survivors, then B; drop dominated points and points strictly under the hull
-        const std::size_t base = h.model.size();
-        auto push = [&](std::int32_t j) {
-            const double cj = static_cast<double>(c[j]), qj = static_cast<double>(q[j]);
-            if (h.model.size() > base && qj <= h.quality.back()) return;  // dominated (costs are sorted)
-            while (h.model.size() >= base + 2) {
-                const std::size_t t = h.model.size() - 1;
-                if (!detail::below(h.cost[t - 1], h.quality[t - 1], h.cost[t], h.quality[t], cj, qj)) break;
-                h.model.pop_back(); h.cost.pop_back(); h.quality.pop_back();
-            }
+        // gift wrapping from L to B over the survivors: the next vertex is the candidate right of the current
+        // one with the steepest slope from it (nearest first on equal slopes, so collinear points stay; the
+        // lower index on identical points). Branch-free inner loop; a few steps per prompt.
+        auto push = [&](std::int32_t j, double cj, double qj) {
             h.model.push_back(j); h.cost.push_back(cj); h.quality.push_back(qj);
         };
-        push(l);
-        for (std::size_t a = 0; a < k; ++a) push(cand[a].j);
-        if (b != l) push(b);
+        push(l, lc, lq);
+        double pc = lc, pq = lq;
+        while (pc != bc || pq != bq) {
+            double nc = bc, nq = bq;
+            std::int32_t nj = b;
+            for (std::size_t a = 0; a < k; ++a) {
+                // cross product, not a division: exact for float inputs, the same predicate as the reference
+                const double xc = static_cast<double>(cand[a].c), xq = static_cast<double>(cand[a].q);
+                const double d = (xq - pq) * (nc - pc) - (nq - pq) * (xc - pc);  // > 0: x is steeper than n
+                const bool take = (xc > pc) & ((d > 0) | ((d == 0) & (xc < nc)));
+                nc = take ? xc : nc;
+                nq = take ? xq : nq;
+                nj = take ? cand[a].j : nj;
+            }
+            push(nj, nc, nq);
+            pc = nc;
+            pq = nq;
+        }
         h.offset.push_back(static_cast<std::int64_t>(h.model.size()));
     }
     return status_of(chk, cmin);
