@@ -260,8 +260,9 @@ def budget(Q, C, total_budget, *, allowed=None) -> Selection:
 def calibrate_lambda(Q, C, target_mean_cost, *, allowed=None) -> float:
     """The lambda whose tradeoff spends target_mean_cost per prompt on this calibration batch.
 
-    It is the LP break slope of budget(Q, C, target_mean_cost * n_prompts): tradeoff at that lambda spends at
-    most the target up to one hull edge of one prompt (0 when the target affords every prompt's best model).
+    It is the LP break slope of budget(Q, C, target_mean_cost * n_prompts) (0 when the target affords every
+    prompt's best model). tradeoff at that lambda spends the target up to one hull edge of one prompt, plus the
+    hull edges whose slope equals lambda exactly (ties go to the cheaper model: one lambda cannot split them).
     Use it for streaming: calibrate on a representative batch, then call tradeoff per request.
     """
     Q, C, ok = _inputs(Q, C, allowed)

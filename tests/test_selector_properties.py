@@ -69,7 +69,11 @@ def test_calibrate_lambda_hits_target(case, f):
     target = lo + f * max(hi - lo, 0.0)
     lam = S.calibrate_lambda(Q, C, target)
     spent = S.tradeoff(Q, C, lam).cost.mean()
-    assert abs(spent - target) <= Cf.max() / Q.shape[0] + 1e-9  # within one hull edge of one prompt
+    # off by at most one hull edge of one prompt plus the edges tied at exactly lambda (one lambda cannot split
+    # prompts whose edges have the same slope)
+    f = S.frontier(Q, C)
+    tied = np.diff(f.cost)[f.slopes == lam].sum()
+    assert abs(spent - target) <= (Cf.max() + tied) / Q.shape[0] + 1e-9
 
 
 @SETTINGS
