@@ -237,7 +237,12 @@ def cmd_demo(args) -> int:
     router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=None))
     print(f"router with {len(router.model_names)} models\n")
     Q, C = router.predict(EXAMPLE_PROMPTS), router.costs(EXAMPLE_PROMPTS)
-    policies = ["max_quality", f"max_cost={float(np.median(C)):.2g}", "min_quality=0.7"]
+    from .selector import calibrate_lambda
+
+    median = float(np.median(C))
+    # the lambda (quality per USD) whose trade-off spends about the median cost per prompt on these prompts
+    lam = calibrate_lambda(Q, C, median)
+    policies = ["max_quality", f"max_cost={median:.2g}", "min_quality=0.7", f"lambda={lam:.4g}"]
     for spec in policies:
         print(f"policy {spec}:")
         for prompt, d in zip(EXAMPLE_PROMPTS, router.decide(EXAMPLE_PROMPTS, Q, spec)):

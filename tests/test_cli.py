@@ -191,3 +191,11 @@ def test_serve_command_end_to_end(router_dir, tmp_path):
         # uvicorn shuts down gracefully, then re-raises the captured SIGTERM so supervisors see it
         assert proc.returncode in (0, -signal.SIGTERM), err
         assert "Traceback" not in err
+
+
+def test_demo_routes_examples(capsys, router_dir):
+    code, out, err = run_main(capsys, "demo", "--router", str(router_dir), "--skip-eval")
+    assert code == 0, err
+    blocks = [line for line in out.splitlines() if line.startswith("policy ")]
+    assert [b.split()[1].split("=")[0].rstrip(":") for b in blocks] == ["max_quality", "max_cost", "min_quality", "lambda"]
+    assert out.count("quality=") == 4 * len(cli.EXAMPLE_PROMPTS)
