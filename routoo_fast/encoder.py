@@ -13,8 +13,6 @@ with the same masked mean: pooled = sum_t m[t] h[t] / sum_t m[t].
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence

@@ -87,7 +87,8 @@ class ScoringHead(nn.Module):
     def scoring_weights(self) -> dict:
         """The keyword arguments `pool_score` takes: W1, b1, E, b (detached) and act."""
         detach = lambda t: None if t is None else t.detach()  # noqa: E731
-        return {"W1": detach(self.W1), "b1": detach(self.b1), "E": self.E.detach(), "b": self.b.detach(), "act": self.act}
+        return {"W1": detach(self.W1), "b1": detach(self.b1), "E": self.E.detach(), "b": self.b.detach(),
+                "act": self.act}
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, n_models={self.n_models}, hidden={self.hidden}, act={self.act!r}"

@@ -14,8 +14,10 @@ from routoo_fast.pool_score import masked_mean, pool_score
 def make_weights(D, H, N, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     if H is None:
-        return {"W1": None, "b1": None, "E": torch.randn(N, D, generator=g, dtype=dtype), "b": torch.randn(N, generator=g)}
-    return {"W1": torch.randn(H, D, generator=g, dtype=dtype) / math.sqrt(D), "b1": torch.randn(H, generator=g, dtype=dtype),
+        return {"W1": None, "b1": None, "E": torch.randn(N, D, generator=g, dtype=dtype),
+                "b": torch.randn(N, generator=g)}
+    return {"W1": torch.randn(H, D, generator=g, dtype=dtype) / math.sqrt(D),
+            "b1": torch.randn(H, generator=g, dtype=dtype),
             "E": torch.randn(N, H, generator=g, dtype=dtype), "b": torch.randn(N, generator=g, dtype=dtype)}
 
 
@@ -98,7 +100,8 @@ def test_mask_none_means_every_token_real():
     hidden, _ = make_padded(3, 7, 33)
     w = make_weights(33, 8, 5)
     ones = torch.ones(3, 7, dtype=torch.long)
-    torch.testing.assert_close(pool_score(hidden, None, backend="cpu", **w), pool_score(hidden, ones, backend="cpu", **w))
+    torch.testing.assert_close(pool_score(hidden, None, backend="cpu", **w),
+                               pool_score(hidden, ones, backend="cpu", **w))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
