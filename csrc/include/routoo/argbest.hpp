@@ -9,15 +9,20 @@
 // any q or c is NaN or infinite; the minimum cost catches negative costs), so the data is read once;
 // (2) a compare of the buffer against the maximum: the first index reaching it and whether another one does.
 // Only a real tie runs the scalar tie break. SSE2 on x86-64 (baseline ISA, so the build stays portable); a
-// scalar loop elsewhere and for rows longer than the buffer.
+// scalar loop elsewhere and for rows longer than the buffer. With GCC on x86-64 an AVX2 copy of the scan is
+// compiled alongside and picked at run time when the CPU supports it (rows of 16+ models).
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <type_traits>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 namespace routoo {
@@ -68,6 +73,13 @@ struct Sse2Float {
     // lanes with lo < x < hi
     static V inside(V x, V lo, V hi) { return _mm_and_ps(_mm_cmpgt_ps(x, lo), _mm_cmplt_ps(x, hi)); }
     static int both(V a, V b) { return _mm_movemask_ps(_mm_and_ps(a, b)); }
+    static V hmax(V v) {
+        v = _mm_max_ps(v, _mm_shuffle_ps(v, v, 0x4E));
+        return _mm_max_ps(v, _mm_shuffle_ps(v, v, 0xB1));
+    }
+    static T first(V v) { return _mm_cvtss_f32(v); }
+    static bool any_nan(V v) { return _mm_movemask_ps(_mm_cmpunord_ps(v, v)) != 0; }
+    static bool any_negative(V v) { return _mm_movemask_ps(_mm_cmplt_ps(v, _mm_setzero_ps())) != 0; }
 };
 struct Sse2Double {
     using T = double;
@@ -85,78 +97,75 @@ struct Sse2Double {
     // lanes with lo < x < hi
     static V inside(V x, V lo, V hi) { return _mm_and_pd(_mm_cmpgt_pd(x, lo), _mm_cmplt_pd(x, hi)); }
     static int both(V a, V b) { return _mm_movemask_pd(_mm_and_pd(a, b)); }
+    static V hmax(V v) { return _mm_max_pd(v, _mm_shuffle_pd(v, v, 1)); }
+    static T first(V v) { return _mm_cvtsd_f64(v); }
+    static bool any_nan(V v) { return _mm_movemask_pd(_mm_cmpunord_pd(v, v)) != 0; }
+    static bool any_negative(V v) { return _mm_movemask_pd(_mm_cmplt_pd(v, _mm_setzero_pd())) != 0; }
 };
 
 constexpr int kBuffer = 512;  // longest row (in models) handled by the SIMD path
 
-template <class X, Score S, class Tie>
-inline std::int32_t argbest_simd(const typename X::T* q, const typename X::T* c, std::int64_t n, typename X::T wc,
-                                 typename X::T& chk, typename X::T& cmin, Tie tie) {
-    using T = typename X::T;
-    using V = typename X::V;
-    constexpr int W = X::W, W2 = 2 * X::W;
-    alignas(16) T buf[kBuffer];
-    const V vw = X::set1(wc), zero = X::set1(T(0));
-    V m0 = X::set1(-std::numeric_limits<T>::infinity()), m1 = m0, k0 = zero, k1 = zero, cm = X::set1(cmin);
-    const std::int64_t body = n - n % W2;
-    for (std::int64_t j = 0; j < body; j += W2) {
-        const V c0 = X::load(c + j), c1 = X::load(c + j + W);
-        V s0, s1;
-        if constexpr (S == Score::tradeoff) {
-            s0 = X::sub(X::load(q + j), X::mul(vw, c0));
-            s1 = X::sub(X::load(q + j + W), X::mul(vw, c1));
-        } else {
-            s0 = X::sub(zero, c0);
-            s1 = X::sub(zero, c1);
-            k0 = X::add(k0, X::mul(X::load(q + j), zero));  // q is not in the score: check it directly
-            k1 = X::add(k1, X::mul(X::load(q + j + W), zero));
-        }
-        X::store(buf + j, s0);
-        X::store(buf + j + W, s1);
-        m0 = X::max(m0, s0);
-        m1 = X::max(m1, s1);
-        k0 = X::add(k0, X::mul(s0, zero));
-        k1 = X::add(k1, X::mul(s1, zero));
-        cm = X::min(cm, X::min(c0, c1));
+#include "argbest_simd.inc"
+#endif
+
+// AVX2 copy of the same scan, compiled for AVX2 only inside this region and called only when the CPU has it
+// (runtime check), so the build flags stay portable. GCC only; other compilers use the SSE2 path.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ROUTOO_AVX2_PATH 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+struct Float {
+    using T = float;
+    using V = __m256;
+    static constexpr int W = 8;
+    static V load(const T* p) { return _mm256_loadu_ps(p); }
+    static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
+    static V set1(T x) { return _mm256_set1_ps(x); }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+    static V max(V a, V b) { return _mm256_max_ps(a, b); }
+    static V min(V a, V b) { return _mm256_min_ps(a, b); }
+    static int eqmask(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+    static V hmax(V v) {
+        v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+        v = _mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0x4E));
+        return _mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0xB1));
     }
-    alignas(16) T mm[W], kk[W], cc[W];
-    X::store(mm, X::max(m0, m1));
-    X::store(kk, X::add(k0, k1));
-    X::store(cc, cm);
-    T best = mm[0], ck = kk[0];
-    for (int l = 1; l < W; ++l) {
-        best = mm[l] > best ? mm[l] : best;
-        ck += kk[l];
-        cmin = cc[l] < cmin ? cc[l] : cmin;
+    static T first(V v) { return _mm256_cvtss_f32(v); }
+    static bool any_nan(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+    static bool any_negative(V v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ)) != 0; }
+};
+struct Double {
+    using T = double;
+    using V = __m256d;
+    static constexpr int W = 4;
+    static V load(const T* p) { return _mm256_loadu_pd(p); }
+    static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
+    static V set1(T x) { return _mm256_set1_pd(x); }
+    static V add(V a, V b) { return _mm256_add_pd(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+    static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+    static V max(V a, V b) { return _mm256_max_pd(a, b); }
+    static V min(V a, V b) { return _mm256_min_pd(a, b); }
+    static int eqmask(V a, V b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ)); }
+    static V hmax(V v) {
+        v = _mm256_max_pd(v, _mm256_permute2f128_pd(v, v, 1));
+        return _mm256_max_pd(v, _mm256_shuffle_pd(v, v, 0x5));
     }
-    cmin = cc[0] < cmin ? cc[0] : cmin;
-    for (std::int64_t j = body; j < n; ++j) {
-        const T s = score<S>(q, c, j, wc);
-        buf[j] = s;
-        ck += (q[j] + c[j]) * T(0);
-        best = s > best ? s : best;
-        cmin = c[j] < cmin ? c[j] : cmin;
-    }
-    chk += ck;
-    const V vb = X::set1(best);
-    std::int32_t first = -1;
-    bool tied = false;
-    for (std::int64_t j = 0; j < body; j += W2) {
-        const int mk = X::eqmask(X::load(buf + j), vb) | (X::eqmask(X::load(buf + j + W), vb) << W);
-        if (mk) {
-            tied |= first >= 0 || (mk & (mk - 1)) != 0;
-            if (first < 0) first = static_cast<std::int32_t>(j) + __builtin_ctz(static_cast<unsigned>(mk));
-        }
-    }
-    for (std::int64_t j = body; j < n; ++j)
-        if (buf[j] == best) {
-            tied |= first >= 0;
-            if (first < 0) first = static_cast<std::int32_t>(j);
-        }
-    if (tied)
-        for (std::int64_t j = first + 1; j < n; ++j)
-            if (buf[j] == best && tie(static_cast<std::int32_t>(j), first)) first = static_cast<std::int32_t>(j);
-    return first;
+    static T first(V v) { return _mm256_cvtsd_f64(v); }
+    static bool any_nan(V v) { return _mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)) != 0; }
+    static bool any_negative(V v) { return _mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_LT_OQ)) != 0; }
+};
+#include "argbest_simd.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+// ROUTOO_NO_AVX2=1 forces the SSE2 path (tests use it to check both copies on an AVX2 machine)
+inline bool cpu_has_avx2() {
+    static const bool has = __builtin_cpu_supports("avx2") && !std::getenv("ROUTOO_NO_AVX2");
+    return has;
 }
 #endif
 
@@ -181,10 +190,18 @@ inline unsigned box_mask8(const T* q, const T* c, T lq, T lc, T bq, T bc) {
 }  // namespace detail
 
 // Index of the best model of a row (see the file comment); -1 only when n == 0 or every score is NaN.
-// `chk` accumulates a value that is nonzero (NaN) when any q or c is not finite; `cmin` the smallest cost.
+// `chk` becomes nonzero (NaN) when any q or c is not finite; `cmin` becomes negative when any cost is.
 template <Score S, class T, class Tie>
 inline std::int32_t argbest(const T* q, const T* c, std::int64_t n, T wc, T& chk, T& cmin, Tie tie) {
 #if defined(__SSE2__)
+    if (n >= 16 && n <= detail::kBuffer) {
+#if defined(ROUTOO_AVX2_PATH)
+        if (detail::cpu_has_avx2()) {
+            if constexpr (sizeof(T) == sizeof(float)) return detail::avx2::argbest_simd<detail::avx2::Float, S>(q, c, n, wc, chk, cmin, tie);
+            else return detail::avx2::argbest_simd<detail::avx2::Double, S>(q, c, n, wc, chk, cmin, tie);
+        }
+#endif
+    }
     if (n >= 8 && n <= detail::kBuffer) {
         if constexpr (sizeof(T) == sizeof(float)) return detail::argbest_simd<detail::Sse2Float, S>(q, c, n, wc, chk, cmin, tie);
         else return detail::argbest_simd<detail::Sse2Double, S>(q, c, n, wc, chk, cmin, tie);
