@@ -103,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Fit the scoring head on an outcome table (prompts x models correctness) and save a router directory."))
     p.add_argument("output", metavar="DIR", help="router directory to write (replaced atomically)")
     p.add_argument("--data", default="default", metavar="SOURCE",
-                   help="'default' (bundled MMLU-Pro, original MMLU part) or a long-format CSV/JSONL of outcomes")
+                   help="'default' (bundled MMLU-Pro, original MMLU part) or a long-format .csv/.jsonl/.parquet of "
+                        "outcomes with columns prompt, model, score (optional cost, input_tokens, output_tokens)")
     p.add_argument("--epochs", type=int, default=None, help="most training epochs (default: the training recipe's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a router against baselines", description=(
@@ -212,12 +215,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train(args) -> int:
-    # WIRING: the training helper's end-to-end entry point (outcomes -> encodings -> head -> saved router).
-    fn = _optional("routoo_fast.training", "train_router")
-    if fn is None:
-        raise UserError("training from the command line is not available in this build "
-                        "(routoo_fast.training.train_router is missing)")
-    fn(args.output, data=args.data, epochs=args.epochs, seed=args.seed)
+    from .training import train_and_save
+
+    if args.epochs is not None:
+        _check_positive("--epochs", args.epochs)
+    train_and_save(args.output, data=args.data, epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir,
+                   progress=not args.quiet)
     print(f"saved router to {args.output}")
     return 0
 

@@ -199,3 +199,25 @@ def test_demo_routes_examples(capsys, router_dir):
     blocks = [line for line in out.splitlines() if line.startswith("policy ")]
     assert [b.split()[1].split("=")[0].rstrip(":") for b in blocks] == ["max_quality", "max_cost", "min_quality", "lambda"]
     assert sum(line.startswith("  ") and " quality=" in line for line in out.splitlines()) == 4 * len(cli.EXAMPLE_PROMPTS)
+
+
+def test_train_command_then_route(capsys, tmp_path):
+    """`train` on a small long-format outcome file writes a router directory that `route` then loads."""
+    from small_router import MODELS
+
+    rows = ["prompt,model,score,output_tokens"]
+    for i in range(40):
+        for j, model in enumerate(MODELS[:3]):
+            rows.append(f'"Question {i}: what is {i} times {j + 2}?",{model},{int((i * (j + 1)) % 3 != 0)},{50 + 10 * j}')
+    data = tmp_path / "outcomes.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out_dir = tmp_path / "trained"
+    code, out, err = run_main(capsys, "train", str(out_dir), "--data", str(data), "--epochs", "2", "--quiet",
+                              "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    assert (out_dir / "config.json").is_file() and "saved router" in out
+    code, out, err = run_main(capsys, "route", "Question 3: what is 3 times 2?", "--router", str(out_dir), "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] in MODELS[:3]
+    code, _, err = run_main(capsys, "train", str(out_dir), "--data", str(tmp_path / "missing.csv"), "--quiet")
+    assert code == 1 and "missing.csv" in err and "Traceback" not in err
