@@ -16,7 +16,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from routoo_fast.head import ACTIVATIONS, ScoringHead
 class TrainConfig:
     """Every knob of `train_head`; the defaults are the recipe used for the shipped default router."""
 
-    hidden: int | None = 64  # H; None = no projection, logits = E x + b
+    hidden: int | None = 64  # H per ensemble member; None = no projection, logits = E x + b
     act: str = "gelu"
     lr: float = 3e-4
     weight_decay: float = 1.0  # AdamW decoupled decay (per step: lr * weight_decay), on W1 and E only
@@ -36,6 +36,7 @@ class TrainConfig:
     batch_size: int = 256
     patience: int = 10  # epochs without a lower validation loss before stopping
     seed: int = 0
+    ensemble: int = 5  # members (seeds seed..seed+M-1) averaged in logit space, merged into one head (merge_heads)
     device: str = "cpu"
     num_threads: int | None = 1  # torch CPU threads while training (the head is tiny: more threads only contend)
     encoder_lr: float = 1e-5  # used only when the encoder is fine-tuned
@@ -57,7 +58,7 @@ class TrainConfig:
         if self.num_threads is not None and (isinstance(self.num_threads, bool)
                                              or not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"num_threads must be a positive int or None, got {self.num_threads!r}")
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "ensemble"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -75,6 +76,7 @@ class TrainHistory:
     best_epoch: int = -1  # 0-based epoch whose weights were kept
     stopped_early: bool = False
     seconds: float = 0.0
+    members: list = field(default_factory=list)  # each ensemble member's TrainHistory (empty for one member)
 
     @property
     def best_val_loss(self) -> float:
@@ -163,17 +165,57 @@ def prior_logits(scores: np.ndarray) -> np.ndarray:
     return np.log(mean / (1 - mean)).astype(np.float32)
 
 
+def merge_heads(heads) -> ScoringHead:
+    """One head whose logits are the mean of `heads`' logits (an ensemble, exactly, as a single wider head).
+
+    mean_m (E_m phi_m(x) + b_m) = [E_1 / M, ..., E_M / M] . [phi_1(x); ...; phi_M(x)] + mean_m b_m, so W1, b1 and
+    E's columns are concatenated (H = sum of the members' H). Without a hidden layer E and b are averaged.
+    """
+    import torch
+
+    heads = list(heads)
+    first = heads[0]
+    if any((h.d_in, h.n_models, h.hidden, h.act) != (first.d_in, first.n_models, first.hidden, first.act)
+           for h in heads):
+        raise ValueError("merge_heads needs heads of the same d_in, n_models, hidden and act")
+    M = len(heads)
+    hidden = None if first.hidden is None else first.hidden * M
+    merged = ScoringHead(first.d_in, first.n_models, hidden=hidden, act=first.act)
+    with torch.no_grad():
+        if hidden is None:
+            merged.E.copy_(torch.stack([h.E for h in heads]).mean(0))
+        else:
+            merged.W1.copy_(torch.cat([h.W1 for h in heads], 0))
+            merged.b1.copy_(torch.cat([h.b1 for h in heads], 0))
+            merged.E.copy_(torch.cat([h.E for h in heads], 1) / M)
+        merged.b.copy_(torch.stack([h.b for h in heads]).mean(0))
+    return merged.eval()
+
+
 def train_head(features, scores, train_idx, val_idx, config: TrainConfig | None = None, progress: bool = True):
     """Fit a ScoringHead on rows `train_idx` of `features` [P, D] / `scores` [P, N] (NaN = missing).
 
     Early stopping watches the masked BCE on `val_idx`; with an empty `val_idx` all `config.epochs` run and the
     last weights are kept. Returns (head on CPU taking raw features, TrainHistory). Same inputs and config ->
     bit-identical weights (seeded torch RNG, forked so the caller's RNG state is untouched).
+    With config.ensemble = M > 1, M members (seeds seed, seed+1, ...) are trained and merged (`merge_heads`)
+    into one head of width M * hidden; the history is the first member's, all of them in `history.members`.
     """
+    config = config if config is not None else TrainConfig()
+    if config.ensemble == 1:
+        return _train_single(features, scores, train_idx, val_idx, config, progress)
+    members = [_train_single(features, scores, train_idx, val_idx,
+                             replace(config, seed=config.seed + i, ensemble=1), progress)
+               for i in range(config.ensemble)]
+    history = replace(members[0][1], members=[h for _, h in members],
+                      seconds=sum(h.seconds for _, h in members))
+    return merge_heads([h for h, _ in members]), history
+
+
+def _train_single(features, scores, train_idx, val_idx, config: TrainConfig, progress: bool):
     import torch
     from tqdm.auto import tqdm
 
-    config = config if config is not None else TrainConfig()
     x, y, train_ix, val_ix = _check_inputs(features, scores, train_idx, val_idx)
     P, D = x.shape
     N = y.shape[1]

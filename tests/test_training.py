@@ -33,7 +33,7 @@ def probs(head, x):
         return head.probs(torch.from_numpy(np.asarray(x, np.float32))).numpy()
 
 
-FAST = TrainConfig(hidden=16, epochs=60, lr=3e-3, patience=8, weight_decay=0.1, batch_size=32)
+FAST = TrainConfig(ensemble=1, hidden=16, epochs=60, lr=3e-3, patience=8, weight_decay=0.1, batch_size=32)
 
 
 def split(P):
@@ -84,7 +84,7 @@ def test_fold_standardisation_matches_standardised_input(hidden):
 def test_early_stopping_keeps_the_best_epoch():
     x, y = synthetic(P=200, D=30, missing=0.0)
     tr, va, _ = split(len(x))
-    cfg = TrainConfig(hidden=64, epochs=200, lr=1e-2, patience=4, dropout=0.0, weight_decay=0.0)
+    cfg = TrainConfig(ensemble=1, hidden=64, epochs=200, lr=1e-2, patience=4, dropout=0.0, weight_decay=0.0)
     head, hist = train_head(x, y, tr, va, cfg, progress=False)
     assert hist.stopped_early and len(hist.val_loss) < cfg.epochs
     assert hist.best_epoch == int(np.argmin(hist.val_loss))
@@ -101,7 +101,7 @@ def test_bias_starts_at_prior_accuracy_and_missing_outcomes_are_ignored():
     x, y = synthetic()
     y[:, 4] = np.nan  # a model never observed
     tr, va, _ = split(len(x))
-    cfg = TrainConfig(hidden=8, epochs=1, lr=1e-9, patience=1)
+    cfg = TrainConfig(ensemble=1, hidden=8, epochs=1, lr=1e-9, patience=1)
     head, _ = train_head(x, y, tr, va, cfg, progress=False)
     # W1/b1 absorbed the standardisation, E and b did not move with lr ~ 0
     np.testing.assert_allclose(head.b.detach().numpy(), prior_logits(y[tr]), atol=1e-5)
@@ -123,7 +123,7 @@ def test_masked_bce_counts_only_observed_entries():
 
 def test_no_validation_runs_all_epochs():
     x, y = synthetic(P=100)
-    head, hist = train_head(x, y, np.arange(100), [], TrainConfig(hidden=4, epochs=3), progress=False)
+    head, hist = train_head(x, y, np.arange(100), [], TrainConfig(ensemble=1, hidden=4, epochs=3), progress=False)
     assert len(hist.train_loss) == 3 and hist.val_loss == [] and hist.best_epoch == 2
 
 
@@ -143,11 +143,13 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="train_idx is empty"):
         train_head(x, y, [], va, progress=False)
     with pytest.raises(ValueError, match="hidden"):
-        TrainConfig(hidden=0)
+        TrainConfig(ensemble=1, hidden=0)
     with pytest.raises(ValueError, match="dropout"):
         TrainConfig(dropout=1.0)
     with pytest.raises(ValueError, match="act"):
         TrainConfig(act="swish")
+    with pytest.raises(ValueError, match="ensemble"):
+        TrainConfig(ensemble=0)
 
 
 # ------------------------------------------------------------------------------------------------ train_router
@@ -239,7 +241,7 @@ def test_finetune_encoder_on_a_tiny_slice(tmp_path):
     split = np.array(["train"] * 32 + ["val"] * 8 + ["test"] * 8)
     encoder = Encoder(max_length=64)
     before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
-    cfg = TrainConfig(hidden=8, epochs=5, encoder_lr=1e-4)
+    cfg = TrainConfig(ensemble=1, hidden=8, epochs=5, encoder_lr=1e-4)
     trained = train_router(table, encoder, cfg, cache_dir=tmp_path / "cache", split=split, finetune_encoder=True,
                            encoder_dir=tmp_path / "tuned", progress=False)
     assert len(trained.history.val_loss) == 1 and np.isfinite(trained.history.val_loss[0])
@@ -249,3 +251,22 @@ def test_finetune_encoder_on_a_tiny_slice(tmp_path):
         assert any(not torch.equal(before[k], after[k]) for k in before)
         assert tuned.encoder_id != encoder.encoder_id
     assert trained.report is not None and np.isfinite(trained.report.mean_brier)
+
+
+@pytest.mark.parametrize("hidden", [6, None])
+def test_ensemble_is_the_mean_of_member_logits(hidden):
+    from routoo_fast.training import merge_heads
+
+    x, y = synthetic(P=120)
+    tr, va, _ = split(len(x))
+    cfg = TrainConfig(ensemble=3, hidden=hidden, epochs=4, batch_size=32)
+    head, hist = train_head(x, y, tr, va, cfg, progress=False)
+    members = [train_head(x, y, tr, va, TrainConfig(**{**cfg.to_dict(), "ensemble": 1, "seed": s}), progress=False)[0]
+               for s in range(3)]
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        want = torch.stack([m(xt) for m in members]).mean(0)
+        torch.testing.assert_close(head(xt), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(merge_heads(members)(xt), want, atol=1e-5, rtol=1e-5)
+    assert head.hidden == (None if hidden is None else 3 * hidden)
+    assert len(hist.members) == 3 and hist.train_loss == hist.members[0].train_loss
