@@ -139,7 +139,7 @@ class Router:
     def route(self, prompts, policy="max_quality") -> list[Decision]:
         """One Decision per prompt under `policy` (text like "lambda=0.5", a mapping, or a policy object)."""
         prompts = _check_prompts(prompts)
-        policy = self._check_policy(policy)
+        policy = self.check_policy(policy)
         return self.decide(prompts, self._predict_any_thread(prompts), policy)
 
     async def aroute(self, prompts, policy="max_quality") -> list[Decision]:
@@ -148,18 +148,21 @@ class Router:
         With batching enabled, raises `routoo_fast.batcher.QueueFull` when the batcher's queue is full.
         """
         prompts = _check_prompts(prompts)
-        policy = self._check_policy(policy)
+        policy = self.check_policy(policy)
+        return self.decide(prompts, await self.apredict(prompts), policy)
+
+    async def apredict(self, prompts) -> np.ndarray:
+        """`predict` for an event loop: in the micro-batcher when enabled, else in the loop's default executor."""
+        prompts = _check_prompts(prompts)
         batcher = self.batcher
         if batcher is not None:
-            Q = await batcher.acall(prompts)
-        else:
-            Q = await asyncio.get_running_loop().run_in_executor(None, self.predict, prompts)
-        return self.decide(prompts, Q, policy)
+            return await batcher.acall(prompts)
+        return await asyncio.get_running_loop().run_in_executor(None, self.predict, prompts)
 
     def decide(self, prompts: Sequence[str], Q: np.ndarray, policy) -> list[Decision]:
         """Decisions from already predicted qualities Q [B, N] (e.g. cached) under `policy`."""
         prompts = _check_prompts(prompts)
-        policy = self._check_policy(policy)
+        policy = self.check_policy(policy)
         Q = np.asarray(Q)
         if Q.shape != (len(prompts), len(self.model_names)):
             raise ValueError(f"Q must have shape ({len(prompts)}, {len(self.model_names)}), got {Q.shape}")
@@ -194,7 +197,8 @@ class Router:
         return batcher(prompts) if batcher is not None else self.predict(prompts)
 
     # ---- checks ------------------------------------------------------------------------------------------
-    def _check_policy(self, policy) -> Policy:
+    def check_policy(self, policy) -> Policy:
+        """The parsed policy, or ValueError/TypeError if it is malformed or names models this router lacks."""
         policy = parse_policy(policy)
         if policy.models is not None:
             unknown = [m for m in policy.models if m not in self._index]

@@ -135,7 +135,8 @@ def create_app(
 ):
     """The ASGI app: `uvicorn.run(create_app(Router.from_pretrained("default"), Upstreams.load(path)))`.
 
-    router: a `routoo_fast.Router` (anything with `model_names`, `aroute`, `enable_batching`, `disable_batching`).
+    router: a `routoo_fast.Router` (uses `model_names`, `check_policy`, `apredict`, `decide`, `enable_batching`,
+    `disable_batching`).
     upstreams: where chat completions go (None: /v1/chat/completions answers 501).
     default_policy: the policy for model "router" with none given. batching, max_wait, max_batch_prompts,
     max_batch_tokens, max_queue: the micro-batcher (see `routoo_fast.batcher`). auth_token: if set, every path
@@ -169,19 +170,29 @@ def create_app(
                 await run_in_threadpool(router.disable_batching)
 
     async def decide(prompts: list[str], policy) -> list:
+        """Route prompts: bad policy or budget -> 400, full queue -> 503; a failing predictor pass -> 500."""
         try:
-            return await router.aroute(prompts, policy)
+            policy = router.check_policy(policy)
+        except (ValueError, TypeError) as exc:
+            raise HTTPError(400, str(exc)) from None
+        try:
+            Q = await router.apredict(prompts)
         except QueueFull:
             raise HTTPError(503, "server busy: routing queue is full, retry shortly", "server_busy",
                             {"Retry-After": str(retry_after_s)}) from None
         except BatcherClosed:
             raise HTTPError(503, "server is shutting down", "server_busy", {"Retry-After": str(retry_after_s)}) from None
-        except (ValueError, TypeError) as exc:
-            raise HTTPError(400, str(exc)) from None
+        except Exception as exc:  # the predictor failed: our fault, not the client's
+            log.exception("predictor pass failed")
+            raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
         finally:
             batcher = getattr(router, "batcher", None)
             if batcher is not None:
                 metrics.queue_depth.set(batcher.queue_depth)
+        try:
+            return router.decide(prompts, Q, policy)
+        except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
+            raise HTTPError(400, str(exc)) from None
 
     def record(decisions) -> None:
         for d in decisions:

@@ -350,3 +350,21 @@ def test_client_and_batcher_live_in_lifespan(upstreams):
     with serve_in_thread(app):
         assert router.batcher is not None and isinstance(app.state.client, httpx.AsyncClient)
     assert router.batcher is None and app.state.client.is_closed
+
+
+def test_predictor_failure_is_500_for_that_batch_only(upstreams, monkeypatch):
+    """A predictor pass that raises is the server's fault (500, logged), not the client's; serving continues."""
+    router = small_router()
+    real_predict = router.predictor.predict
+
+    def predict(prompts):
+        if "EXPLODE" in prompts:
+            raise RuntimeError("simulated predictor crash")
+        return real_predict(prompts)
+
+    monkeypatch.setattr(router.predictor, "predict", predict)
+    app = create_app(router, upstreams)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/route", json={"prompt": "EXPLODE"})
+        assert r.status_code == 500 and "simulated predictor crash" in error_message(r)
+        assert c.post("/v1/route", json={"prompt": PROMPT}).status_code == 200
