@@ -389,6 +389,9 @@ def save_encoder(encoder, directory):
                    pooling=encoder.pooling)
 
 
+_finetune = finetune_encoder  # train_router's flag of the same name shadows the function there
+
+
 # ----------------------------------------------------------------------------------------- end-to-end training
 KNN_GRID = (10, 20, 40, 80, 160, 320)
 
@@ -407,6 +410,7 @@ class TrainedRouter:
     knn_report: object  # the same for the kNN baseline fitted on train + val
     knn_k: int
     expected_output_tokens: np.ndarray  # [N] mean observed output tokens per model (NaN where unknown)
+    finetune_history: TrainHistory | None = None  # set when the encoder was fine-tuned
 
     def summary(self) -> str:
         if self.report is None:
@@ -483,11 +487,11 @@ def train_router(table, encoder=None, config: TrainConfig | None = None, cache_d
         raise ValueError(f"split values must be 'train', 'val' or 'test', got {sorted(unknown)}")
     tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     x = encode_cached(encoder, table.prompts, cache_dir=cache_dir, progress=progress)
+    tune_history = None
     head, history = train_head(x, table.scores, tr, va, config, progress=progress)
     if finetune_encoder:
-        finetune_encoder_fn = globals()["finetune_encoder"]
-        history = finetune_encoder_fn(encoder, head, table.prompts, table.scores, tr, va, config,
-                                      epochs=finetune_epochs, progress=progress)
+        tune_history = _finetune(encoder, head, table.prompts, table.scores, tr, va, config,
+                                 epochs=finetune_epochs, progress=progress)
         encoder = save_encoder(encoder, encoder_dir)
         x = encode_cached(encoder, table.prompts, cache_dir=cache_dir, progress=progress)
     k = knn_k if knn_k is not None else choose_knn_k(x, table.scores, tr, va)
@@ -505,7 +509,7 @@ def train_router(table, encoder=None, config: TrainConfig | None = None, cache_d
 
     return TrainedRouter(head=head, model_names=list(table.models), encoder_spec=encoder.spec(), config=config,
                          history=history, split=split, report=report, knn_report=knn_report, knn_k=int(k),
-                         expected_output_tokens=expected_output_tokens(table))
+                         expected_output_tokens=expected_output_tokens(table), finetune_history=tune_history)
 
 
 def train_and_save(output, data="default", epochs: int | None = None, seed: int = 0, cache_dir=None,

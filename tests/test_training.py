@@ -235,21 +235,27 @@ def test_head_beats_knn_on_bundled_data():
 def test_finetune_encoder_on_a_tiny_slice(tmp_path):
     from routoo_fast.encoder import Encoder
     from routoo_fast.outcomes import load_default
-    from routoo_fast.training import train_router
+    from routoo_fast.training import finetune_encoder, save_encoder, train_router
 
     table = load_default().subset(np.arange(48))
-    split = np.array(["train"] * 32 + ["val"] * 8 + ["test"] * 8)
     encoder = Encoder(max_length=64)
     before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
     cfg = TrainConfig(ensemble=1, hidden=8, epochs=5, encoder_lr=1e-4)
-    trained = train_router(table, encoder, cfg, cache_dir=tmp_path / "cache", split=split, finetune_encoder=True,
-                           encoder_dir=tmp_path / "tuned", progress=False)
-    assert len(trained.history.val_loss) == 1 and np.isfinite(trained.history.val_loss[0])
-    tuned = Encoder.from_spec(trained.encoder_spec)
-    if trained.history.best_epoch == 0:  # the tuned weights were kept: they differ from the originals
-        after = tuned.model.state_dict()
-        assert any(not torch.equal(before[k], after[k]) for k in before)
-        assert tuned.encoder_id != encoder.encoder_id
+    head = ScoringHead(encoder.hidden_size, table.n_models, hidden=8)
+    # no validation rows: the tuned weights are kept, so they must differ from the originals
+    hist = finetune_encoder(encoder, head, table.prompts, table.scores, np.arange(32), [], cfg, progress=False)
+    assert hist.best_epoch == 0 and np.isfinite(hist.train_loss[0])
+    after = encoder.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    tuned = save_encoder(encoder, tmp_path / "tuned")
+    assert tuned.encoder_id != Encoder(max_length=64).encoder_id
+    np.testing.assert_allclose(tuned.encode(table.prompts[:3]), encoder.encode(table.prompts[:3]), atol=1e-5)
+
+    split = np.array(["train"] * 32 + ["val"] * 8 + ["test"] * 8)
+    trained = train_router(table, Encoder(max_length=64), cfg, cache_dir=tmp_path / "cache", split=split,
+                           finetune_encoder=True, encoder_dir=tmp_path / "tuned2", progress=False)
+    assert len(trained.finetune_history.val_loss) == 1
+    assert trained.encoder_spec["path"] == str(tmp_path / "tuned2")
     assert trained.report is not None and np.isfinite(trained.report.mean_brier)
 
 
