@@ -18,8 +18,11 @@ import triton
 import triton.language as tl
 
 _ACT_CODES = {"identity": 0, "relu": 1, "gelu": 2, "tanh": 3}
-_TILE = 8192  # elements per 2-D register tile (weights chunk x pooled chunk)
-MAX_WIDTH = 4096  # largest H (or N when there is no W1) the one-program-per-row layout keeps in registers
+# Block sizes: a weights tile [BLOCK_W, BLOCK_D] holds at most _TILE elements; with 8 warps this compiles for sm_90
+# without register spills at H = 64 (ptxas -v: ~120-150 registers) and with small spills at the H = 1024 limit.
+_TILE = 4096
+_NUM_WARPS = 8
+MAX_WIDTH = 1024  # largest H (or N when there is no W1): z (or the logits) stays in registers for the whole row
 
 
 @triton.jit
@@ -33,7 +36,7 @@ def _activation(x, ACT: tl.constexpr):
     return x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])  # T == 1 must stay a runtime int: it is the token count when there is no mask
 def _pool_score_fwd_kernel(
     h_ptr, mask_ptr, cu_ptr, w1_ptr, b1_ptr, e_ptr, b_ptr, out_ptr,
     T, D, H, N,
@@ -145,10 +148,7 @@ def pool_score_triton(hidden, mask=None, *, cu_seqlens=None, W1=None, b1=None, E
     has_mask = mask is not None and not ragged
     if has_mask and mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)  # same bytes; triton loads bool pointers awkwardly
-    block_w = max(16, triton.next_power_of_2(width))
-    block_d = max(16, min(triton.next_power_of_2(d_in), _TILE // block_w, 128))
-    block_t = 32
-    block_n = max(16, min(triton.next_power_of_2(n_models), _TILE // block_w)) if has_w1 else 16
+    config = launch_config(d_in, width, n_models, has_w1)
     dummy = out  # never read: the matching constexpr switch is off
     _pool_score_fwd_kernel[(batch,)](
         hidden, mask if has_mask else dummy, cu_seqlens if ragged else dummy,
@@ -160,6 +160,18 @@ def pool_score_triton(hidden, mask=None, *, cu_seqlens=None, W1=None, b1=None, E
         E.stride(0), E.stride(1),
         out.stride(0), out.stride(1),
         RAGGED=ragged, HAS_MASK=has_mask, HAS_W1=has_w1, ACT=_ACT_CODES[act],
-        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_W=block_w, BLOCK_N=block_n,
+        **config,
     )
     return out
+
+
+def launch_config(d_in: int, width: int, n_models: int, has_w1: bool) -> dict:
+    """Block sizes and warps for D = d_in, width = H (or N without W1): BLOCK_W covers the width in one block."""
+    block_w = max(16, triton.next_power_of_2(width))
+    return {
+        "BLOCK_T": 32,
+        "BLOCK_D": max(16, min(triton.next_power_of_2(d_in), _TILE // block_w, 64)),
+        "BLOCK_W": block_w,
+        "BLOCK_N": max(16, min(triton.next_power_of_2(n_models), _TILE // block_w)) if has_w1 else 16,
+        "num_warps": _NUM_WARPS,
+    }

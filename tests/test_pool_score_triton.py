@@ -90,6 +90,14 @@ def test_strided_inputs_bool_mask_and_no_mask():
                                atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("T", [1, 7])
+def test_no_mask_single_token(T):
+    hidden = torch.randn(3, T, 33)
+    w = make_weights(33, 16, 5)
+    torch.testing.assert_close(pool_score(hidden, None, backend="triton", **w).double(), oracle(hidden, None, **w),
+                               atol=2e-5, rtol=1e-4)
+
+
 def test_all_padding_rows_are_defined_and_agree_with_cpu_path():
     hidden = torch.randn(2, 7, 33)
     mask = torch.zeros(2, 7, dtype=torch.long)
@@ -122,3 +130,5 @@ def test_cuda_padded_and_ragged_match_oracle(dtype, B, T, D, H, N):
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
     flat = hidden[mask.bool()]
     torch.testing.assert_close(pool_score(flat, cu_seqlens=cu, **w), got, atol=1e-5, rtol=1e-4)
+    one = hidden[:, :1]  # T == 1 without a mask: the token count is the runtime T
+    torch.testing.assert_close(pool_score(one, None, **w).double(), oracle(one, None, **w), atol=1e-4, rtol=1e-3)
