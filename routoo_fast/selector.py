@@ -16,6 +16,7 @@ Modes:
                  knapsack: hulls + LP break slope + greedy fill); reports lambda* and the LP bound.
     calibrate_lambda  the lambda whose tradeoff spends target_mean_cost per prompt on a calibration batch.
     frontier     the batch's (total cost, total quality) curve over all lambda >= 0.
+select(mode, Q, C, **params) dispatches the four selection modes by name.
 """
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ import numpy as np
 
 from routoo_fast import _selector
 
-__all__ = ["Selection", "Frontier", "max_quality", "min_cost", "tradeoff", "budget", "calibrate_lambda", "frontier"]
+__all__ = ["Selection", "Frontier", "max_quality", "min_cost", "tradeoff", "budget", "calibrate_lambda", "frontier",
+           "select", "MODES"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _FLOAT_TYPES = (_F32, _F64)
-_STATUS_NON_FINITE = 1
-_STATUS_NEGATIVE_COST = 2
+_STATUS_NEGATIVE_COST = 2  # routoo::Status in csrc/include/routoo/per_prompt.hpp (1 = non-finite)
 
 
 @dataclass(slots=True)
@@ -123,12 +124,13 @@ def _mask(allowed, name: str, P: int, N: int) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.uint8)
 
 
-def _scalar(x, name: str, allow_inf: bool = False) -> float:
+def _scalar(x, name: str) -> float:
+    """A finite, non-negative real scalar."""
     try:
         v = float(x)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}") from None
-    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+    if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if v < 0:
         raise ValueError(f"{name} must be >= 0, got {v}")
@@ -290,3 +292,14 @@ def frontier(Q, C, *, allowed=None) -> Frontier:
     cost = np.concatenate(([h["base_cost"].sum()], h["base_cost"].sum() + np.cumsum(h["dc"][order])))
     quality = np.concatenate(([h["base_quality"].sum()], h["base_quality"].sum() + np.cumsum(h["dq"][order])))
     return Frontier(slopes=h["slope"][order], cost=cost, quality=quality)
+
+
+MODES = {"max_quality": max_quality, "min_cost": min_cost, "tradeoff": tradeoff, "budget": budget}
+
+
+def select(mode: str, Q, C, **params) -> Selection:
+    """Dispatch by mode name (config files, CLI, server): select("tradeoff", Q, C, lam=0.5)."""
+    fn = MODES.get(mode)
+    if fn is None:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(MODES)}")
+    return fn(Q, C, **params)

@@ -317,3 +317,11 @@ def test_sse2_path_agrees_with_reference():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ROUTOO_NO_AVX2": "1"},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_select_dispatches_by_name_and_rejects_unknown_modes():
+    Q, C = good()
+    np.testing.assert_array_equal(S.select("tradeoff", Q, C, lam=0.2).choice, S.tradeoff(Q, C, 0.2).choice)
+    np.testing.assert_array_equal(S.select("budget", Q, C, total_budget=5.0).choice, S.budget(Q, C, 5.0).choice)
+    with pytest.raises(ValueError, match="unknown mode 'fastest'"):
+        S.select("fastest", Q, C)
