@@ -26,7 +26,8 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -76,8 +77,24 @@ class Metrics:
             "routoo_route_batch_prompts", "Prompts per route request", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        self.queue_depth = Gauge("routoo_batcher_queue_depth", "Requests waiting in the micro-batcher", registry=self.registry)
         self.upstream_errors = Counter("routoo_upstream_errors", "Failed upstream calls by model", ["model"], registry=self.registry)
+
+
+class _BatcherCollector:
+    """Reads the router's micro-batcher at scrape time: predictor passes, prompts served, queue depth."""
+
+    def __init__(self, router):
+        self.router = router
+
+    def collect(self):
+        batcher = getattr(self.router, "batcher", None)
+        passes = CounterMetricFamily("routoo_predictor_passes", "Predictor passes run by the micro-batcher")
+        prompts = CounterMetricFamily("routoo_predictor_prompts", "Prompts scored by the micro-batcher's passes")
+        depth = GaugeMetricFamily("routoo_batcher_queue_depth", "Requests waiting in the micro-batcher")
+        passes.add_metric([], batcher.batches if batcher is not None else 0)
+        prompts.add_metric([], batcher.prompts_served if batcher is not None else 0)
+        depth.add_metric([], batcher.queue_depth if batcher is not None else 0)
+        return [passes, prompts, depth]
 
 
 class _Instrument:
@@ -154,6 +171,7 @@ def create_app(
     if auth_token is not None and (not isinstance(auth_token, str) or not auth_token):
         raise ValueError("auth_token must be a non-empty string or None")
     metrics = Metrics()
+    metrics.registry.register(_BatcherCollector(router))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -185,10 +203,6 @@ def create_app(
         except Exception as exc:  # the predictor failed: our fault, not the client's
             log.exception("predictor pass failed")
             raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
-        finally:
-            batcher = getattr(router, "batcher", None)
-            if batcher is not None:
-                metrics.queue_depth.set(batcher.queue_depth)
         try:
             return router.decide(prompts, Q, policy)
         except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
@@ -271,8 +285,6 @@ def create_app(
                              "upstreams": len(upstreams) if upstreams is not None else 0})
 
     async def metrics_endpoint(request: Request) -> Response:
-        batcher = getattr(router, "batcher", None)
-        metrics.queue_depth.set(batcher.queue_depth if batcher is not None else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(

@@ -36,6 +36,7 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     status_counts: dict
+    mean_pass_prompts: float  # prompts per predictor pass (1.0 without batching)
 
 
 def sample_prompts(n: int, seed: int = 0) -> list[str]:
@@ -119,11 +120,25 @@ async def _drive(url: str, prompts: list[str], concurrency: int, policy: str) ->
 
 def run_mode(url: str, mode: str, prompts: list[str], concurrency: int, policy: str, warmup: int = 64) -> LoadResult:
     asyncio.run(_drive(url, prompts[:warmup], min(concurrency, warmup), policy))  # first passes pay one-time costs
+    before = _pass_counters(url)
     latencies, status, elapsed = asyncio.run(_drive(url, prompts, concurrency, policy))
+    after = _pass_counters(url)
+    passes, scored = after[0] - before[0], after[1] - before[1]
     lat_ms = np.array(latencies) * 1000
     errors = sum(v for k, v in status.items() if k != "200")
     return LoadResult(mode, len(prompts), concurrency, errors, elapsed, len(prompts) / elapsed,
-                      float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99)), status)
+                      float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99)), status,
+                      scored / passes if passes else 1.0)
+
+
+def _pass_counters(url: str) -> tuple[float, float]:
+    """(predictor passes, prompts scored) from the server's /metrics (both 0 without batching)."""
+    values = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("routoo_predictor_passes_total", "routoo_predictor_prompts_total"):
+            values[name] = float(value)
+    return values.get("routoo_predictor_passes_total", 0.0), values.get("routoo_predictor_prompts_total", 0.0)
 
 
 def run_load_test(router: str = "default", requests: int = 2000, concurrency: int = 64, max_length: int | None = 64,
@@ -156,10 +171,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = run_load_test(args.router, args.requests, args.concurrency, args.max_length, args.threads,
                             args.max_wait_ms, args.max_batch, args.policy, tuple(args.modes.split(",")))
-    print(f"{'mode':<10} {'requests':>8} {'conc':>5} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'mode':<10} {'requests':>8} {'conc':>5} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'prompts/pass':>12}")
     for r in results:
         print(f"{r.mode:<10} {r.requests:>8} {r.concurrency:>5} {r.errors:>6} {r.requests_per_s:>8.1f} "
-              f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f}")
+              f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.mean_pass_prompts:>12.1f}")
     by_mode = {r.mode: r for r in results}
     if "batched" in by_mode and "unbatched" in by_mode:
         print(f"batching speed-up: {by_mode['batched'].requests_per_s / by_mode['unbatched'].requests_per_s:.2f}x")

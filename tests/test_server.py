@@ -276,6 +276,10 @@ def test_metrics(client):
     assert 'routoo_request_latency_seconds_bucket{le="0.005",path="/v1/route"}' in text
     assert f'routoo_chosen_model_total{{model="{MODELS[0]}"}}' in text
     assert f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}' in text
+    passes = float(next(ln for ln in text.splitlines() if ln.startswith("routoo_predictor_passes_total ")).split()[-1])
+    prompts = float(next(ln for ln in text.splitlines() if ln.startswith("routoo_predictor_prompts_total ")).split()[-1])
+    assert 1 <= passes <= prompts
+    assert "routoo_batcher_queue_depth 0.0" in text
     spend = [line for line in text.splitlines() if line.startswith(f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}')]
     assert float(spend[0].split()[-1]) > 0
 
