@@ -150,16 +150,6 @@ def budget_curve(name: str, Q_pred, C_pred, Y, C_true, mean_budgets, kind: str =
     return Curve(name, np.array(cost), np.array(quality), kind)
 
 
-def single_model_curves(Y, C_true, model_names: Sequence[str]) -> list[Curve]:
-    """One single-point Curve per model: always calling that model."""
-    Y = _matrix(Y, "Y")
-    Ct = _matrix(C_true, "C_true", Y.shape)
-    if len(model_names) != Y.shape[1]:
-        raise ValueError(f"model_names has {len(model_names)} names for {Y.shape[1]} columns")
-    return [Curve(str(m), np.array([Ct[:, j].mean()]), np.array([Y[:, j].mean()]), "single")
-            for j, m in enumerate(model_names)]
-
-
 # ---------------------------------------------------------------------------------------------------- metrics
 def upper_hull(cost, quality) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (cost ascending) of the non-decreasing upper convex hull of the points (monotone chain)."""
@@ -442,18 +432,18 @@ def evaluate_pool(name: str, Y, C_true, model_names: Sequence[str], predictions:
             if m not in names:
                 raise ValueError(f"strong_weak model {m!r} is not in model_names {names}")
         strong = names.index(strong_weak[0])
+    from routoo_fast.baselines import oracle_curve, random_mix_curve, single_model_curves
+
     curves = single_model_curves(Y, Ct, names)
-    pts = np.array([[c.cost[0], c.quality[0]] for c in curves])
-    hc, hq = upper_hull(pts[:, 0], pts[:, 1])
-    curves.append(Curve("random mix", hc, hq, "random"))
+    curves.append(random_mix_curve(curves))
     head = router if router is not None else next(iter(predictions))
+    if head not in predictions:
+        raise ValueError(f"router {head!r} is not in predictions {list(predictions)}")
     for rname, pred in predictions.items():
         Q, kind = (pred if isinstance(pred, tuple) else (pred, "router" if rname == head else "baseline"))
         curves.append(tradeoff_curve(rname, Q, Cp, Y, Ct, lambdas, strong=strong, kind=kind))
         if budgets and rname == head:
             lo, hi = Cp.min(axis=1).mean(), Cp.max(axis=1).mean()
             curves.append(budget_curve(f"{rname} (batch budget)", Q, Cp, Y, Ct, np.geomspace(lo, hi, 48), kind=kind))
-    curves.append(tradeoff_curve("oracle", Y, Ct, Y, Ct, strong=strong, kind="oracle"))
-    if head not in predictions:
-        raise ValueError(f"router {head!r} is not in predictions {list(predictions)}")
+    curves.append(oracle_curve(Y, Ct, strong=strong))
     return PoolReport(name, Y.shape[0], names, curves, head, strong_weak, list(notes))

@@ -1,0 +1,311 @@
+"""The reproduction: route real prompts among real LLMs and score the routing with those LLMs' real outcomes.
+
+Datasets (held-out split = `split_by_hash(prompts)` == "test" unless the source has its own split):
+- "mmlu_pro": the bundled original-MMLU part of MMLU-Pro (57 subjects, 29 models), whole pool and open-weight
+  pool, scored with the SHIPPED default router (trained on the train split only, early-stopped on val), against
+  kNN and matrix-factorisation routers fitted here on the same train + val prompts. Encodings are shipped.
+- "routellm": RouteLLM's two-model MMLU (Mixtral-8x7B vs GPT-4-1106, contaminated prompts dropped): APGR, CPT.
+- "routerbench": RouterBench subset (ARC-Challenge, MBPP, Winogrande) with its real per-call costs, RouterDC's
+  train/test files. Evaluation only: never bundled.
+- "zeroeval_gsm", "zeroeval_math", "zeroeval_crux": ZeroEval pools (40 to 48 models each).
+For the non-bundled datasets a router is trained here with the shipped recipe (`routoo_fast.recipe`).
+
+Costs: routers decide with expected costs (input tokens x input price + the model's mean output tokens on the
+training prompts x output price, prices from assets/prices.csv); each decision is scored with the true cost of
+that call: the source's real USD where it has one (RouterBench), else the call's observed output tokens.
+Prompts with a missing outcome for any model of the pool are left out of that pool's held-out set.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from routoo_fast.evaluate import PoolReport, Report, evaluate_pool
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_ENCODINGS = ASSETS / "encodings" / "mmlu_pro_ori_minilm.npz"
+DATASETS = ("mmlu_pro", "routellm", "routerbench", "zeroeval_gsm", "zeroeval_math", "zeroeval_crux")
+MAIN_JOB_DATASETS = ("mmlu_pro",)
+ROUTELLM_STRONG, ROUTELLM_WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+# RouteLLM (arXiv 2406.18665) reports, for MMLU, its best routers' cost saving vs always-GPT-4 at CPT(50%) and
+# CPT(80%) as 1.41x and 1.14x with GPT-4 at $24.7 and Mixtral at $0.24 per M tokens (blended). Their routers were
+# trained on Chatbot Arena preferences + MMLU validation labels, not on MMLU test prompts as ours are.
+ROUTELLM_PUBLISHED = {"saving_at_cpt50": 1.41, "saving_at_cpt80": 1.14, "strong_usd_per_mtok": 24.7,
+                      "weak_usd_per_mtok": 0.24}
+
+
+# --------------------------------------------------------------------------------------------------- features
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """sha256 over the prompts' own sha256 digests, in order: names exactly which texts an encoding file holds."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(hashlib.sha256(p.encode("utf-8")).digest())
+    return h.hexdigest()
+
+
+def save_shipped_encodings(path, prompts: Sequence[str], emb, encoder_id: str) -> Path:
+    """Write float16 encodings [P, D] of `prompts` (in that order) with their digest and encoder id, atomically."""
+    import io
+
+    from routoo_fast._atomic import atomic_write_bytes
+
+    emb = np.asarray(emb)
+    if emb.ndim != 2 or emb.shape[0] != len(prompts):
+        raise ValueError(f"emb must be [P={len(prompts)}, D], got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise ValueError("emb has NaN or infinite values")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, emb=emb.astype(np.float16), digest=np.array(prompts_digest(prompts)),
+                        encoder_id=np.array(encoder_id))
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def load_shipped_encodings(prompts: Sequence[str], encoder_id: str, path=SHIPPED_ENCODINGS) -> np.ndarray | None:
+    """float32 [P, D] encodings of exactly these prompts by this encoder from `path`, or None if it holds others."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["encoder_id"]) != encoder_id or str(z["digest"]) != prompts_digest(prompts):
+            return None
+        return z["emb"].astype(np.float32)
+
+
+def features(prompts: Sequence[str], encoder, cache_dir=None, progress: bool = False) -> np.ndarray:
+    """Pooled encodings [P, D]: the shipped file when it holds exactly these prompts, else the encoding cache."""
+    shipped = load_shipped_encodings(prompts, encoder.encoder_id)
+    if shipped is not None:
+        return shipped
+    from routoo_fast.encoding_cache import encode_cached
+
+    return encode_cached(encoder, prompts, cache_dir=cache_dir, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------------ costs
+def true_costs(table, prices, expected_output) -> np.ndarray:
+    """What each call really cost [P, N]: table.cost where present, else input tokens x input price + the call's
+    observed output tokens x output price; a source with no output lengths at all uses expected_output [N]."""
+    from routoo_fast.outcomes import estimate_tokens
+
+    pin, pout = prices.per_token(table.models)
+    tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
+    if table.output_tokens is not None:
+        out = table.output_tokens
+    else:
+        out = np.broadcast_to(np.asarray(expected_output, dtype=np.float64), table.scores.shape)
+    C = tok[:, None].astype(np.float64) * pin[None, :] + out.astype(np.float64) * pout[None, :]
+    if table.cost is not None:
+        C = np.where(np.isfinite(table.cost), table.cost, C)
+    return C
+
+
+def predicted_costs(table, prices, expected_output) -> np.ndarray:
+    """What a router expects each call to cost [P, N]: input tokens x input price + expected_output[N] x output
+    price (never the call's real cost, which is unknown before the call)."""
+    from routoo_fast.costs import call_costs
+    from routoo_fast.outcomes import estimate_tokens
+
+    pin, pout = prices.per_token(table.models)
+    tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
+    return call_costs(tok, pin, pout, expected_output)
+
+
+def mean_output_tokens(table, rows, fallback: float = 1.0) -> np.ndarray:
+    """Mean observed output tokens per model over `rows` [N]; `fallback` where a model has none (no length data)."""
+    if table.output_tokens is None:
+        return np.full(table.n_models, fallback)
+    o = table.output_tokens[np.asarray(rows, dtype=np.int64)].astype(np.float64)
+    seen = np.isfinite(o)
+    return np.where(seen.any(0), np.where(seen, o, 0).sum(0) / np.maximum(seen.sum(0), 1), fallback)
+
+
+# ------------------------------------------------------------------------------------------------------ pools
+@dataclass
+class Dataset:
+    """One evaluation dataset: outcome table, its split, group labels for training, and the pools to report."""
+
+    name: str
+    table: object  # OutcomeTable
+    split: np.ndarray  # [P] train / val / test
+    groups: np.ndarray | None
+    pools: dict  # pool name -> list of model names
+    strong_weak: tuple[str, str] | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _idx(split, name) -> np.ndarray:
+    return np.flatnonzero(np.asarray(split) == name)
+
+
+def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
+    """Load one of DATASETS (data_dir: the shared real-data folder, default `outcomes.shared_data_dir()`)."""
+    from routoo_fast import outcomes
+    from routoo_fast.costs import PriceTable
+
+    prices = PriceTable.load() if prices is None else prices
+    if name == "mmlu_pro":
+        t = outcomes.load_default()
+        open_models = [m for m in t.models if prices.get(m).open_weights]
+        return Dataset(name, t, outcomes.split_by_hash(t.prompts), t.meta["subject"],
+                       {"MMLU-Pro ori_mmlu, whole pool": list(t.models),
+                        "MMLU-Pro ori_mmlu, open-weight pool": open_models})
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    root = Path(data_dir) if data_dir is not None else outcomes.shared_data_dir()
+    if root is None or not Path(root).is_dir():
+        raise FileNotFoundError(f"dataset {name!r} needs the shared data folder (set ROUTOO_SHARED_DATA); got {root}")
+    root = Path(root)
+    if name == "routellm":
+        t = outcomes.load_routellm_mmlu(root / "routellm" / "mmlu_responses",
+                                        root / "routellm" / "mmlu_contaminated_prompts.jsonl")
+        return Dataset(name, t, outcomes.split_by_hash(t.prompts), t.meta["subject"],
+                       {"RouteLLM MMLU, Mixtral-8x7B vs GPT-4-1106": list(t.models)},
+                       strong_weak=(ROUTELLM_STRONG, ROUTELLM_WEAK),
+                       notes=("costs: 1 output token per call (the answer letter; the source has no lengths)",))
+    if name == "routerbench":
+        t = outcomes.load_routerbench(root / "routerdc" / "routerbench_zs")
+        split = np.asarray(t.meta["split"]).astype(object)
+        train = split == "train"
+        # a validation slice for early stopping, carved from RouterDC's train files by prompt hash
+        by_hash = outcomes.split_by_hash(t.prompts, (0.85, 0.15, 0.0))
+        split[train & (by_hash == "val")] = "val"
+        return Dataset(name, t, split.astype(str), t.meta["task"],
+                       {"RouterBench (ARC-C, MBPP, Winogrande), real per-call costs": list(t.models)},
+                       notes=("evaluation only: RouterBench data has no license and is never shipped",))
+    task = {"zeroeval_gsm": "gsm", "zeroeval_math": "math-l5", "zeroeval_crux": "crux"}[name]
+    t = outcomes.load_zeroeval(root / "zeroeval", task)
+    missing = [m for m in t.models if m not in prices]
+    models = [m for m in t.models if m in prices]
+    t = t.select_models(models)
+    notes = ("o1 models' hidden reasoning tokens are billed but absent from the data: their cost is understated",)
+    if missing:
+        notes += (f"left out (no price): {missing}",)
+    return Dataset(name, t, outcomes.split_by_hash(t.prompts), None, {f"ZeroEval {task}": models}, notes=notes)
+
+
+def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_output=None,
+                     recipe=None, progress: bool = False) -> list[PoolReport]:
+    """Fit what is missing on train/val (the recipe head unless `head` is given, kNN, MF), evaluate every pool on
+    the held-out prompts with complete outcomes."""
+    import torch
+
+    from routoo_fast.baselines import KNNRouter, MFRouter
+    from routoo_fast.recipe import fit_recipe_head
+
+    t = ds.table
+    tr, va, te = _idx(ds.split, "train"), _idx(ds.split, "val"), _idx(ds.split, "test")
+    if tr.size == 0 or te.size == 0:
+        raise ValueError(f"dataset {ds.name!r} needs train and test prompts, got {tr.size} and {te.size}")
+    trained_here = head is None
+    if head is None:
+        head = fit_recipe_head(x, t.scores, tr, va, groups=ds.groups, recipe=recipe, progress=progress)
+    with torch.no_grad():
+        q_router = head.probs(torch.from_numpy(x[te])).numpy()
+    q_knn = KNNRouter().fit(x, t.scores, tr, va)
+    q_knn_te = q_knn.predict(x[te])
+    q_mf = MFRouter().fit(x, t.scores, tr, va).predict(x[te])
+    eo = mean_output_tokens(t, tr) if expected_output is None else np.asarray(expected_output, dtype=np.float64)
+    sub = t.subset(te)
+    C_pred = predicted_costs(sub, prices, eo)
+    C_true = true_costs(sub, prices, eo)
+    reports = []
+    for pool, models in ds.pools.items():
+        cols = [t.model_index(m) for m in models]
+        Y = sub.scores[:, cols].astype(np.float64)
+        ok = np.isfinite(Y).all(1) & np.isfinite(C_true[:, cols]).all(1)
+        notes = list(ds.notes) + [
+            f"held-out prompts with every outcome: {int(ok.sum())} of {te.size}",
+            f"routoo router: {'trained here with the shipped recipe' if trained_here else 'the shipped default router'}"
+            f"; kNN k={q_knn.k} (chosen on val by AUC); MF dim {MFRouter().dim}, both fitted on train + val"]
+        preds = {"routoo (this package)": q_router[ok][:, cols], f"kNN (k={q_knn.k})": q_knn_te[ok][:, cols],
+                 "matrix factorisation": q_mf[ok][:, cols]}
+        reports.append(evaluate_pool(pool, Y[ok], C_true[ok][:, cols], models, preds,
+                                     C_pred=C_pred[ok][:, cols], strong_weak=ds.strong_weak, notes=notes))
+    return reports
+
+
+def _routellm_saving(cpt_share: float) -> float:
+    p = ROUTELLM_PUBLISHED
+    return p["strong_usd_per_mtok"] / (cpt_share * p["strong_usd_per_mtok"] + (1 - cpt_share) * p["weak_usd_per_mtok"])
+
+
+def targets_summary(pool: PoolReport) -> list[str]:
+    """The issue's bars for one pool, met or not, with the numbers."""
+    best = pool.best
+    row = next(r for r in pool.rows() if r["router"] == pool.router)
+    others = {r["router"]: r["aiq"] for r in pool.rows() if r["kind"] == "baseline"}
+    frac = row["cost_fraction_to_match_best"]
+    gain = row["quality_at_best_cost"] - best.quality[0]
+    lines = [
+        f"match {best.name} ({best.quality[0]:.3f}) at <= 1/3 of its cost: "
+        + ("not reached at any cost" if math.isnan(frac) else f"needs {frac:.2f} of its cost")
+        + (" -> MET" if frac <= 1 / 3 else " -> missed"),
+        f"+3 points at its cost: {gain * 100:+.1f} points" + (" -> MET" if gain >= 0.03 else " -> missed"),
+        f"AIQ {row['aiq']:.4f} vs " + ", ".join(f"{k} {v:.4f}" for k, v in others.items())
+        + (" -> MET" if all(row["aiq"] > v for v in others.values()) else " -> missed"),
+    ]
+    if pool.strong_weak is not None and "cpt50" in row:
+        lines.append(f"RouteLLM-style: APGR {row['apgr']:.3f}, CPT(50%) {row['cpt50']:.1%} (saving "
+                     f"{_routellm_saving(row['cpt50']):.2f}x vs published {ROUTELLM_PUBLISHED['saving_at_cpt50']}x), "
+                     f"CPT(80%) {row['cpt80']:.1%} (saving {_routellm_saving(row['cpt80']):.2f}x vs published "
+                     f"{ROUTELLM_PUBLISHED['saving_at_cpt80']}x)")
+    return lines
+
+
+def run_reproduction(out_dir, router="default", datasets: Sequence[str] | str = MAIN_JOB_DATASETS, data_dir=None,
+                     cache_dir=None, progress: bool = False) -> Report:
+    """Run the reproduction on `datasets` ("all" = DATASETS) and write report.md, results.json and one PNG per
+    pool into `out_dir`. router: the saved router scored on MMLU-Pro ("default" = the shipped one)."""
+    from routoo_fast.costs import PriceTable
+    from routoo_fast.encoder import Encoder
+    from routoo_fast.router import DEFAULT_ROUTER
+    from routoo_fast.saved import load_router
+
+    names = list(DATASETS) if datasets == "all" else [datasets] if isinstance(datasets, str) else list(datasets)
+    unknown = [d for d in names if d not in DATASETS]
+    if unknown or not names:
+        raise ValueError(f"datasets must be 'all' or names from {DATASETS}, got {datasets!r}")
+    saved = load_router(DEFAULT_ROUTER if router == "default" else Path(router))
+    encoder = Encoder.from_spec(saved.config["encoder"])
+    prices = PriceTable.load()
+    pools: list[PoolReport] = []
+    timings = []
+    for name in names:
+        t0 = time.perf_counter()
+        ds = load_dataset(name, data_dir, prices)
+        x = features(ds.table.prompts, encoder, cache_dir, progress)
+        if name == "mmlu_pro":
+            if list(saved.model_names) != list(ds.table.models):
+                raise ValueError(f"router {router!r} scores {saved.model_names}, not the MMLU-Pro models")
+            reps = evaluate_dataset(ds, x, saved.prices, head=saved.head, expected_output=saved.expected_output_tokens)
+        else:
+            reps = evaluate_dataset(ds, x, prices, progress=progress)
+        pools += reps
+        timings.append(f"{name}: {time.perf_counter() - t0:.0f} s")
+    notes = ["quality = mean true score of the chosen models; cost = mean true USD per prompt",
+             "every row decides with predicted Q and expected costs and is scored with true outcomes and costs",
+             "timings: " + ", ".join(timings)]
+    report = Report(pools, title="routoo_fast reproduction (held-out prompts, real outcomes)", notes=notes)
+    for p in pools:
+        p.notes += ["target: " + s for s in targets_summary(p)]
+    report.write(out_dir)
+    return report
+
+
+def reproduce(router="default", out=None, datasets: Sequence[str] | str = MAIN_JOB_DATASETS, data_dir=None,
+              cache_dir=None) -> Report:
+    """CLI entry point (`routoo-fast eval` / `demo`): run the reproduction, print the table and the plot paths."""
+    out_dir = Path(out) if out is not None else Path.cwd() / "routoo_eval"
+    report = run_reproduction(out_dir, router=router, datasets=datasets, data_dir=data_dir, cache_dir=cache_dir)
+    print(report.to_markdown())
+    for name, path in report.plot_paths.items():
+        print(f"plot ({name}): {path}")
+    print(f"report: {out_dir / 'report.md'}")
+    return report
