@@ -77,10 +77,16 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
             k += static_cast<std::size_t>((!m || m[j]) & !detail::below(lc, lq, cj, qj, bc, bq));
         };
         if (b != l) {
+            // the box masks of up to 64 models go into one word first: one unpredictable loop exit per 64
+            // models instead of one per 8
             std::int64_t j = 0;
-            for (; j + 8 <= N; j += 8)
-                for (unsigned mk = detail::box_mask8(q + j, c + j, q[l], c[l], q[b], c[b]); mk; mk &= mk - 1)
-                    consider(j + __builtin_ctz(mk));
+            for (; j + 8 <= N;) {
+                const std::int64_t base = j;
+                std::uint64_t word = 0;
+                for (; j + 8 <= N && j - base < 64; j += 8)
+                    word |= static_cast<std::uint64_t>(detail::box_mask8(q + j, c + j, q[l], c[l], q[b], c[b])) << (j - base);
+                for (; word; word &= word - 1) consider(base + __builtin_ctzll(word));
+            }
             for (; j < N; ++j)
                 if (c[j] > c[l] && c[j] < c[b] && q[j] > q[l] && q[j] < q[b]) consider(j);
         }
