@@ -12,49 +12,61 @@ with step halving, a few milliseconds for K in the hundreds. With l2="auto", l2 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
 def _objective(Z1, y, theta, pen, theta0):
+    import torch
+
     logits = Z1 @ theta
-    # BCE with logits, stable: log(1 + exp(l)) - y l
-    loss = np.logaddexp(0.0, logits) - y * logits
     d = theta - theta0
-    return loss.sum() + 0.5 * float(d @ (pen * d))
+    # BCE with logits, stable: log(1 + exp(l)) - y l
+    return float((torch.nn.functional.softplus(logits) - y * logits).sum() + 0.5 * (d * pen * d).sum())
 
 
 def fit_logistic(Z, y, l2: float, e0=None, max_iter: int = 100, tol: float = 1e-10):
-    """Newton/IRLS for the objective in the module docstring: Z [K, H], y [K] in [0, 1] -> (e [H], c)."""
-    Z = np.asarray(Z, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    K, H = Z.shape
-    e0 = np.zeros(H) if e0 is None else np.asarray(e0, dtype=np.float64)
-    Z1 = np.hstack([Z, np.ones((K, 1))])
-    pen = np.r_[np.full(H, float(l2)), 0.0]  # no penalty on the bias
-    theta0 = np.r_[e0, 0.0]
-    mean = np.clip(y.mean(), 1e-3, 1 - 1e-3)
-    theta = np.r_[e0, np.log(mean / (1 - mean)) - float(Z.mean(0) @ e0)]
-    obj = _objective(Z1, y, theta, pen, theta0)
-    for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-(Z1 @ theta)))
-        grad = Z1.T @ (p - y) + pen * (theta - theta0)
-        hess = (Z1.T * (p * (1 - p))) @ Z1 + np.diag(pen) + 1e-9 * np.eye(H + 1)
-        step = np.linalg.solve(hess, grad)
-        t = 1.0
-        while t >= 1e-8:  # step halving: the objective never goes up
-            new_obj = _objective(Z1, y, theta - t * step, pen, theta0)
-            if new_obj <= obj:
+    """Newton/IRLS for the objective in the module docstring: Z [K, H], y [K] in [0, 1] -> (e [H], c).
+
+    float64 torch on one CPU thread: the systems are small (H + 1 unknowns), where BLAS threads only contend.
+    """
+    import torch
+
+    from routoo_fast.training import _torch_threads
+
+    with _torch_threads(1):
+        Z = torch.as_tensor(np.asarray(Z, dtype=np.float64))
+        y = torch.as_tensor(np.asarray(y, dtype=np.float64))
+        K, H = Z.shape
+        e0 = torch.zeros(H, dtype=torch.float64) if e0 is None else torch.as_tensor(np.asarray(e0, np.float64))
+        Z1 = torch.cat([Z, torch.ones(K, 1, dtype=torch.float64)], 1)
+        pen = torch.cat([torch.full((H,), float(l2), dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+        theta0 = torch.cat([e0, torch.zeros(1, dtype=torch.float64)])  # no penalty on the bias
+        mean = min(max(float(y.mean()), 1e-3), 1 - 1e-3)
+        theta = torch.cat([e0, torch.tensor([math.log(mean / (1 - mean)) - float(Z.mean(0) @ e0)],
+                                            dtype=torch.float64)])
+        obj = _objective(Z1, y, theta, pen, theta0)
+        for _ in range(max_iter):
+            p = torch.sigmoid(Z1 @ theta)
+            grad = Z1.T @ (p - y) + pen * (theta - theta0)
+            hess = (Z1.T * (p * (1 - p))) @ Z1 + torch.diag(pen + 1e-9)
+            step = torch.linalg.solve(hess, grad)
+            t = 1.0
+            while t >= 1e-8:  # step halving: the objective never goes up
+                new_obj = _objective(Z1, y, theta - t * step, pen, theta0)
+                if new_obj <= obj:
+                    break
+                t *= 0.5
+            if t < 1e-8:
+                break  # no step lowers the objective: at the optimum up to rounding
+            converged = obj - new_obj <= tol * max(1.0, abs(obj))
+            theta, obj = theta - t * step, new_obj
+            if converged:
                 break
-            t *= 0.5
-        if t < 1e-8:
-            break  # no step lowers the objective: at the optimum up to rounding
-        converged = obj - new_obj <= tol * max(1.0, abs(obj))
-        theta, obj = theta - t * step, new_obj
-        if converged:
-            break
-    return theta[:H], float(theta[H])
+        return theta[:H].numpy(), float(theta[H])
 
 
 def choose_l2(Z, y, e0, grid=L2_GRID, folds: int = 5, seed: int = 0) -> float:
