@@ -152,7 +152,7 @@ py::dict hull_edges(const py::array& Q, const py::array& C, const py::object& al
     out["status"] = static_cast<int>(status);
     out["empty_prompt"] = h.empty_prompt;
     if (status != routoo::Status::ok || h.empty_prompt >= 0) return out;
-    const std::vector<routoo::Edge> e = routoo::hull_edges(h);
+    const std::vector<routoo::Edge>& e = h.edges;
     const auto E = static_cast<py::ssize_t>(e.size());
     py::array_t<std::int32_t> base(s.P), prompt(E), pos(E);
     py::array_t<double> base_cost(s.P), base_quality(s.P), slope(E), dc(E), dq(E);

@@ -19,28 +19,11 @@
 
 namespace routoo {
 
-struct Edge {
-    double slope, dc, dq;
-    std::int32_t prompt, pos;  // pos: index (1..k) of the edge's upper vertex within the prompt's hull
-};
-
 // a before b in the LP order
 inline bool edge_before(const Edge& a, const Edge& b) {
     if (a.slope != b.slope) return a.slope > b.slope;
     if (a.prompt != b.prompt) return a.prompt < b.prompt;
     return a.pos < b.pos;
-}
-
-inline std::vector<Edge> hull_edges(const Hulls& h) {
-    std::vector<Edge> e;
-    const std::int64_t P = static_cast<std::int64_t>(h.offset.size()) - 1;
-    e.reserve(h.model.size() - static_cast<std::size_t>(P > 0 ? P : 0));
-    for (std::int64_t i = 0; i < P; ++i)
-        for (std::int64_t v = h.offset[i] + 1; v < h.offset[i + 1]; ++v) {
-            const double dc = h.cost[v] - h.cost[v - 1], dq = h.quality[v] - h.quality[v - 1];
-            e.push_back({dq / dc, dc, dq, static_cast<std::int32_t>(i), static_cast<std::int32_t>(v - h.offset[i])});
-        }
-    return e;
 }
 
 struct BudgetResult {
@@ -78,9 +61,10 @@ inline std::size_t select_break(std::vector<Edge>& e, double& residual) {
 }
 
 // Solve; choice [P] gets model indices. Precondition: h has no empty prompt and budget >= h.min_total_cost.
-inline BudgetResult solve_budget(const Hulls& h, double budget, std::int32_t* choice) {
+// Reorders h.edges (the selection partitions them in place).
+inline BudgetResult solve_budget(Hulls& h, double budget, std::int32_t* choice) {
     const std::int64_t P = static_cast<std::int64_t>(h.offset.size()) - 1;
-    std::vector<Edge> e = hull_edges(h);
+    std::vector<Edge>& e = h.edges;
     std::vector<std::int32_t> level(static_cast<std::size_t>(P), 0);
     BudgetResult r;
     double residual = budget - h.min_total_cost;

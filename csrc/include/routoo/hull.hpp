@@ -16,10 +16,17 @@
 
 namespace routoo {
 
+// One hull edge: upgrading `prompt` from vertex pos - 1 to pos costs dc and gains dq (slope = dq / dc > 0).
+struct Edge {
+    double slope, dc, dq;
+    std::int32_t prompt, pos;  // pos: index (1..k) of the edge's upper vertex within the prompt's hull
+};
+
 struct Hulls {
     std::vector<std::int64_t> offset;  // [P + 1]: prompt i owns vertices offset[i] .. offset[i + 1] - 1
     std::vector<std::int32_t> model;   // vertex -> model index
     std::vector<double> cost, quality; // vertex -> (cost, quality)
+    std::vector<Edge> edges;           // hull edges, prompt by prompt, built with the vertices
     double min_total_cost = 0.0;       // sum over prompts of the cheapest allowed cost
     std::int64_t empty_prompt = -1;    // first prompt with no allowed model, or -1
 };
@@ -39,6 +46,8 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
     h.model.clear(); h.cost.clear(); h.quality.clear();
     const auto guess = static_cast<std::size_t>(4 * P);  // random data averages under 4 vertices per prompt
     h.model.reserve(guess); h.cost.reserve(guess); h.quality.reserve(guess);
+    h.edges.clear();
+    h.edges.reserve(guess - static_cast<std::size_t>(P));
     h.min_total_cost = 0.0;
     h.empty_prompt = -1;
     T chk = 0, cmin = std::numeric_limits<T>::infinity();
@@ -93,7 +102,13 @@ Status build_hulls(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N
         // gift wrapping from L to B over the survivors: the next vertex is the candidate right of the current
         // one with the steepest slope from it (nearest first on equal slopes, so collinear points stay; the
         // lower index on identical points). Branch-free inner loop; a few steps per prompt.
+        const std::size_t first = h.model.size();
         auto push = [&](std::int32_t j, double cj, double qj) {
+            if (h.model.size() > first) {
+                const double dc = cj - h.cost.back(), dq = qj - h.quality.back();
+                h.edges.push_back({dq / dc, dc, dq, static_cast<std::int32_t>(i),
+                                   static_cast<std::int32_t>(h.model.size() - first)});
+            }
             h.model.push_back(j); h.cost.push_back(cj); h.quality.push_back(qj);
         };
         push(l, lc, lq);
