@@ -276,3 +276,20 @@ def test_ensemble_is_the_mean_of_member_logits(hidden):
         torch.testing.assert_close(merge_heads(members)(xt), want, atol=1e-5, rtol=1e-5)
     assert head.hidden == (None if hidden is None else 3 * hidden)
     assert len(hist.members) == 3 and hist.train_loss == hist.members[0].train_loss
+
+
+@pytest.mark.slow
+def test_train_and_save_default_router(tmp_path):
+    """The `routoo-fast train` path on the bundled data: a loadable router with its held-out report."""
+    from routoo_fast.router import Router
+    from routoo_fast.saved import load_router
+    from routoo_fast.training import train_and_save
+
+    trained = train_and_save(tmp_path / "router", progress=False)
+    saved = load_router(tmp_path / "router")
+    assert saved.model_names == trained.model_names and len(saved.model_names) == 29
+    assert saved.metadata["held_out"]["head"]["auc"] > saved.metadata["held_out"]["knn"]["auc"]
+    assert np.isfinite(saved.expected_output_tokens).all()
+    router = Router.from_pretrained(tmp_path / "router")
+    q = router.predict(["What is 2 + 2?\nA. 3\nB. 4"])
+    assert q.shape == (1, 29) and np.all((q > 0) & (q < 1))
