@@ -113,11 +113,29 @@ routoo::Status hulls(const py::array& Q, const py::array& C, const py::object& a
     });
 }
 
+// Per-thread hull storage reused across budget calls: fresh buffers of this size (tens of MB at 1e5 prompts)
+// cost more in page faults than the solve itself. Buffers above kKeepBytes are released after the call.
+routoo::Hulls& budget_workspace() {
+    thread_local routoo::Hulls h;
+    return h;
+}
+
+void trim(routoo::Hulls& h) {
+    constexpr std::size_t kKeepBytes = std::size_t(256) << 20;
+    const std::size_t bytes = h.edges.capacity() * sizeof(routoo::Edge) + h.model.capacity() * 20 +
+                              h.offset.capacity() * 8 + h.level.capacity() * 4;
+    if (bytes > kKeepBytes) h = routoo::Hulls{};
+}
+
 // Returns a dict; on a bad status, an empty prompt or a budget below the cheapest total, it holds only the
 // diagnosis (status, empty_prompt, min_total_cost) and no solution.
 py::dict budget(const py::array& Q, const py::array& C, double total_budget, const py::object& allowed) {
     const Shape s = check_inputs(Q, C, allowed);
-    routoo::Hulls h;
+    routoo::Hulls& h = budget_workspace();
+    struct Trim {
+        routoo::Hulls& h;
+        ~Trim() { trim(h); }
+    } trim_on_exit{h};
     py::dict out;
     const auto status = hulls(Q, C, allowed, s, h);
     out["status"] = static_cast<int>(status);

@@ -65,7 +65,8 @@ inline std::size_t select_break(std::vector<Edge>& e, double& residual) {
 inline BudgetResult solve_budget(Hulls& h, double budget, std::int32_t* choice) {
     const std::int64_t P = static_cast<std::int64_t>(h.offset.size()) - 1;
     std::vector<Edge>& e = h.edges;
-    std::vector<std::int32_t> level(static_cast<std::size_t>(P), 0);
+    std::vector<std::int32_t>& level = h.level;
+    level.assign(static_cast<std::size_t>(P), 0);
     BudgetResult r;
     double residual = budget - h.min_total_cost;
     if (residual < 0) residual = 0;

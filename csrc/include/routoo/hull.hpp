@@ -27,6 +27,7 @@ struct Hulls {
     std::vector<std::int32_t> model;   // vertex -> model index
     std::vector<double> cost, quality; // vertex -> (cost, quality)
     std::vector<Edge> edges;           // hull edges, prompt by prompt, built with the vertices
+    std::vector<std::int32_t> level;   // solver scratch: vertices taken per prompt
     double min_total_cost = 0.0;       // sum over prompts of the cheapest allowed cost
     std::int64_t empty_prompt = -1;    // first prompt with no allowed model, or -1
 };
