@@ -95,7 +95,7 @@ class MFRouter:
         from routoo_fast.training import TrainConfig, train_head
 
         cfg = TrainConfig(hidden=self.dim, act="identity", weight_decay=self.weight_decay, dropout=0.0,
-                          patience=10, seed=self.seed)
+                          patience=10, seed=self.seed, ensemble=1)
         self.head, self.history = train_head(features, scores, train_idx, val_idx, cfg, progress=False)
         return self
 

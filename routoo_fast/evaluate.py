@@ -420,6 +420,7 @@ def evaluate_pool(name: str, Y, C_true, model_names: Sequence[str], predictions:
     """
     Y = _matrix(Y, "Y")
     Ct = _matrix(C_true, "C_true", Y.shape)
+    _check_costs(Ct, "C_true")
     Cp = Ct if C_pred is None else _matrix(C_pred, "C_pred", Y.shape)
     names = [str(m) for m in model_names]
     if len(names) != Y.shape[1]:

@@ -8,8 +8,8 @@ the wrong model (winner's curse). Three fixes, each a few tenths of a point of A
 1. soft targets: y~[i, j] = beta * y[i, j] + (1 - beta) * T[g(i), j], with T the shrunk mean of model j over the
    training prompts of prompt i's group g (the MMLU subject): T = (sum_{g} y + k * prior_j) / (n_gj + k).
    The group label is used only for training; at run time the head sees the prompt encoding only.
-2. an ensemble of `n_seeds` heads, averaged in logit space, which is one head of width n_seeds * H:
-   W1 = [W1_1; ...; W1_S], b1 = [b1_1; ...], E = [E_1, ..., E_S] / S, b = mean_s b_s.
+2. an ensemble of `n_seeds` heads, averaged in logit space, which is one head of width n_seeds * H
+   (`training.merge_heads`).
 3. logit shrinkage toward the prior: logit' = a * logit + (1 - a) * logit(prior_j), i.e. E <- a E,
    b <- a b + (1 - a) logit(prior): it damps the spread of Q across models, so the argmax chases less noise.
 """
@@ -83,30 +83,6 @@ def group_targets(scores, groups, fit_rows, beta: float, k: float) -> np.ndarray
     return np.where(np.isnan(y), np.nan, out).astype(np.float32)
 
 
-def fold_ensemble(heads):
-    """One ScoringHead whose logits equal the mean of `heads`' logits (same d_in, n_models, act, hidden)."""
-    import torch
-
-    from routoo_fast.head import ScoringHead
-
-    if not heads:
-        raise ValueError("heads must hold at least one ScoringHead")
-    h0 = heads[0]
-    if h0.hidden is None:
-        raise ValueError("fold_ensemble needs heads with a hidden layer")
-    for h in heads:
-        if (h.d_in, h.n_models, h.hidden, h.act) != (h0.d_in, h0.n_models, h0.hidden, h0.act):
-            raise ValueError("all heads must share d_in, n_models, hidden and act")
-    S = len(heads)
-    out = ScoringHead(h0.d_in, h0.n_models, hidden=h0.hidden * S, act=h0.act)
-    with torch.no_grad():
-        out.W1.copy_(torch.cat([h.W1 for h in heads], 0))
-        out.b1.copy_(torch.cat([h.b1 for h in heads], 0))
-        out.E.copy_(torch.cat([h.E for h in heads], 1) / S)
-        out.b.copy_(torch.stack([h.b for h in heads]).mean(0))
-    return out.eval()
-
-
 def shrink_logits(head, prior, a: float) -> None:
     """In place: logits' = a * logits + (1 - a) * logit(prior) (E <- a E, b <- a b + (1 - a) logit(prior))."""
     import torch
@@ -133,12 +109,9 @@ def fit_recipe_head(features, scores, train_idx, val_idx, groups=None, recipe: R
     va = np.asarray(val_idx, dtype=np.int64)
     fit_rows = np.concatenate([tr, va])
     targets = group_targets(scores, groups, fit_rows, recipe.beta, recipe.group_shrink)
-    heads = []
-    for seed in range(recipe.n_seeds):
-        cfg = TrainConfig(hidden=recipe.hidden, act=recipe.act, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                          dropout=recipe.dropout, epochs=recipe.epochs, patience=recipe.patience, seed=seed)
-        head, _ = train_head(features, targets, tr, va, cfg, progress=progress)
-        heads.append(head)
-    head = fold_ensemble(heads) if len(heads) > 1 else heads[0]
+    cfg = TrainConfig(hidden=recipe.hidden, act=recipe.act, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                      dropout=recipe.dropout, epochs=recipe.epochs, patience=recipe.patience, seed=0,
+                      ensemble=recipe.n_seeds)
+    head, _ = train_head(features, targets, tr, va, cfg, progress=progress)  # seeds 0..n_seeds-1, merged
     shrink_logits(head, model_priors(scores, tr), recipe.logit_shrink)
     return head

@@ -1,0 +1,68 @@
+"""routoo_fast.recipe: soft targets, folding an ensemble and a logit shrinkage into one ScoringHead."""
+import numpy as np
+import pytest
+import torch
+
+from routoo_fast import recipe as rc
+from routoo_fast.head import ScoringHead
+
+
+def test_group_targets_by_hand():
+    y = np.array([[1, 0], [0, 0], [1, 1], [np.nan, 1]], dtype=float)
+    groups = np.array(["a", "a", "b", "b"])
+    fit = np.array([0, 1, 2, 3])
+    t = rc.group_targets(y, groups, fit, beta=0.5, k=2.0)
+    prior = rc.model_priors(y, fit)  # [2/3, 0.5]
+    np.testing.assert_allclose(prior, [2 / 3, 0.5])
+    T_a = (np.array([1, 0]) + 2 * prior) / (2 + 2)
+    T_b = (np.array([1, 2]) + 2 * prior) / (np.array([1, 2]) + 2)
+    np.testing.assert_allclose(t[0], 0.5 * y[0] + 0.5 * T_a, rtol=1e-6)
+    np.testing.assert_allclose(t[2], 0.5 * y[2] + 0.5 * T_b, rtol=1e-6)
+    assert np.isnan(t[3, 0]) and not np.isnan(t[3, 1])
+
+
+def test_group_targets_without_groups_smooth_toward_the_prior_and_ignore_unfitted_rows():
+    y = np.array([[1.0], [0.0], [1.0]])
+    t = rc.group_targets(y, None, [0, 1], beta=0.0, k=5)
+    np.testing.assert_allclose(t[:, 0], 0.5)  # row 2 is not in fit_rows: the prior is 0.5
+    with pytest.raises(ValueError, match="groups must have shape"):
+        rc.group_targets(y, np.array(["a"]), [0], 0.5, 1)
+
+
+def test_shrink_logits_moves_toward_prior_logit():
+    torch.manual_seed(1)
+    h = ScoringHead(4, 2, hidden=3)
+    x = torch.randn(7, 4)
+    with torch.no_grad():
+        before = h(x).clone()
+    prior = np.array([0.8, 0.3])
+    rc.shrink_logits(h, prior, 0.7)
+    want = 0.7 * before + 0.3 * torch.from_numpy(np.log(prior / (1 - prior))).float()
+    with torch.no_grad():
+        torch.testing.assert_close(h(x), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prior must have shape"):
+        rc.shrink_logits(h, [0.5], 0.7)
+
+
+def test_recipe_validation():
+    with pytest.raises(ValueError, match="beta"):
+        rc.Recipe(beta=1.5)
+    with pytest.raises(ValueError, match="logit_shrink"):
+        rc.Recipe(logit_shrink=0.0)
+    with pytest.raises(ValueError, match="n_seeds"):
+        rc.Recipe(n_seeds=0)
+
+
+def test_fit_recipe_head_learns_and_returns_a_plain_head():
+    rng = np.random.default_rng(0)
+    P, D, N = 300, 6, 3
+    x = rng.normal(size=(P, D)).astype(np.float32) * 3 + 1  # raw features: standardisation must be folded in
+    p = 1 / (1 + np.exp(-(x[:, :N] - 1)))
+    y = (rng.random((P, N)) < p).astype(np.float32)
+    r = rc.Recipe(hidden=8, n_seeds=2, epochs=60, patience=10, lr=3e-3)
+    head = rc.fit_recipe_head(x, y, np.arange(200), np.arange(200, 250), groups=None, recipe=r)
+    assert isinstance(head, ScoringHead) and head.hidden == 16
+    with torch.no_grad():
+        q = head.probs(torch.from_numpy(x[250:])).numpy()
+    corr = [np.corrcoef(q[:, j], p[250:, j])[0, 1] for j in range(N)]
+    assert min(corr) > 0.6, corr
