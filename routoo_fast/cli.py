@@ -54,6 +54,17 @@ def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
     p.set_defaults(policy_default_help=default_help)
 
 
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", default="default", metavar="PATH", help="saved router directory or 'default'")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where to write report.md, results.json and plots (default: ./routoo_eval)")
+    p.add_argument("--datasets", default="mmlu_pro", metavar="NAMES",
+                   help="'all' or comma-separated: mmlu_pro, routellm, routerbench, zeroeval_gsm, zeroeval_math, "
+                        "zeroeval_crux (default: %(default)s, bundled with the package; the others need --data-dir)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the non-bundled datasets")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -111,16 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a router against baselines", description=(
-        "Score a router's cost/quality curve with the true outcomes on the held-out split and compare baselines."))
-    p.add_argument("--router", default="default", metavar="PATH", help="saved router directory or 'default'")
-    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report and plots")
+    p = sub.add_parser("eval", help="evaluate a router against baselines on real outcomes", description=(
+        "Route held-out prompts with the router and score every decision with the real outcomes and costs of the "
+        "chosen LLMs; compare single models, random mixes, the oracle, kNN and matrix factorisation. Writes "
+        "report.md, results.json and cost/quality plots."))
+    _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="route example prompts, then reproduce the paper-style evaluation", description=(
-        "Route a few example prompts under several policies with the shipped router, then run the evaluation."))
-    p.add_argument("--router", default="default", metavar="PATH", help="saved router directory or 'default'")
-    p.add_argument("--out", default=None, metavar="DIR", help="where to write the evaluation report and plots")
+    p = sub.add_parser("demo", help="route example prompts, then run the reproduction", description=(
+        "Route a few example prompts under several policies with the router, then run the evaluation "
+        "(the same as 'eval')."))
+    _add_eval_args(p)
     p.add_argument("--skip-eval", action="store_true", help="only route the example prompts")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -226,11 +238,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    # WIRING: the evaluation helper's report entry point.
-    fn = _optional("routoo_fast.reproduce", "reproduce")
-    if fn is None:
-        raise UserError("evaluation is not available in this build (routoo_fast.reproduce.reproduce is missing)")
-    fn(router=args.router, out=args.out)
+    from .reproduce import DATASETS, reproduce
+
+    datasets = "all" if args.datasets == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [] if datasets == "all" else [d for d in datasets if d not in DATASETS]
+    if unknown or not datasets:
+        raise UserError(f"--datasets must be 'all' or a comma-separated subset of {', '.join(DATASETS)}; "
+                        f"got {args.datasets!r}")
+    reproduce(router=args.router, out=args.out, datasets=datasets, data_dir=args.data_dir, cache_dir=args.cache_dir)
     return 0
 
 
@@ -313,18 +328,6 @@ def _load_router(args):
 def _check_positive(flag: str, value, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{flag} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def _optional(module: str, name: str):
-    """`module.name` if it exists (a function another part of the package provides), else None."""
-    from importlib import import_module
-
-    try:
-        return getattr(import_module(module), name, None)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
 
 
 def _short(text: str, width: int = 60) -> str:

@@ -68,6 +68,8 @@ def test_usage_errors_exit_2(capsys, argv):
         (["serve", "--upstreams", "/nonexistent/upstreams.json"], "does not exist"),
         (["bench", "--batch-sizes", "1,x"], "--batch-sizes must be comma-separated integers"),
         (["bench", "--batch-sizes", "0"], "--batch-sizes must be integers >= 1"),
+        (["eval", "--datasets", "mmlu_pro,imagenet"], "--datasets must be 'all' or a comma-separated subset"),
+        (["eval", "--router", "/nonexistent/router"], "not found"),
     ],
 )
 def test_runtime_errors_exit_1_with_one_line(capsys, argv, message):
@@ -221,3 +223,12 @@ def test_train_command_then_route(capsys, tmp_path):
     assert json.loads(out)["model"] in MODELS[:3]
     code, _, err = run_main(capsys, "train", str(out_dir), "--data", str(tmp_path / "missing.csv"), "--quiet")
     assert code == 1 and "missing.csv" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_demo_with_default_router_and_reproduction(capsys, tmp_path):
+    """The main job end to end: the shipped router routes the examples, then the MMLU-Pro reproduction runs."""
+    code, out, err = run_main(capsys, "demo", "--out", str(tmp_path / "eval"))
+    assert code == 0, err
+    assert "policy lambda=" in out and "MMLU-Pro" in out
+    assert (tmp_path / "eval" / "report.md").is_file() and list((tmp_path / "eval").glob("*.png"))

@@ -220,8 +220,8 @@ def test_with_max_length_keeps_the_weight_check():
         _with_max_length(spec, 1)
 
 
-@pytest.mark.skipif(not DEFAULT_ROUTER.exists(), reason="the shipped default router is not built yet")
 def test_default_router_loads_and_routes():
+    assert DEFAULT_ROUTER.is_dir(), "the shipped default router is missing from routoo_fast/assets"
     router = Router.from_pretrained("default", max_length=64)
     d = router.route(["Which gas do plants absorb from the air?\nA. Oxygen\nB. Carbon dioxide"], "lambda=100")[0]
     assert d.model in router.model_names and 0 <= d.predicted_quality <= 1 and d.expected_cost > 0
