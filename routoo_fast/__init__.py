@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it; resolved on first attribute access (PEP 562)
 _LAZY = {
     "Selection": "routoo_fast.selector",
+    "Frontier": "routoo_fast.selector",
+    "select": "routoo_fast.selector",
     "max_quality": "routoo_fast.selector",
     "min_cost": "routoo_fast.selector",
     "tradeoff": "routoo_fast.selector",
