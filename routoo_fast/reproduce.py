@@ -32,6 +32,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED_ENCODINGS = ASSETS / "encodings" / "mmlu_pro_ori_minilm.npz"
 DATASETS = ("mmlu_pro", "routellm", "routerbench", "zeroeval_gsm", "zeroeval_math", "zeroeval_crux")
 MAIN_JOB_DATASETS = ("mmlu_pro",)
+MIN_COVERAGE = 0.95  # ZeroEval: a model with outcomes for fewer prompts leaves the pool (it still trains the head)
 ROUTELLM_STRONG, ROUTELLM_WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 # RouteLLM (arXiv 2406.18665) reports, for MMLU, its best routers' cost saving vs always-GPT-4 at CPT(50%) and
 # CPT(80%) as 1.41x and 1.14x with GPT-4 at $24.7 and Mixtral at $0.24 per M tokens (blended). Their routers were
@@ -182,11 +183,15 @@ def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
     task = {"zeroeval_gsm": "gsm", "zeroeval_math": "math-l5", "zeroeval_crux": "crux"}[name]
     t = outcomes.load_zeroeval(root / "zeroeval", task)
     missing = [m for m in t.models if m not in prices]
-    models = [m for m in t.models if m in prices]
-    t = t.select_models(models)
+    t = t.select_models([m for m in t.models if m in prices])
+    coverage = np.isfinite(t.scores).mean(0)
+    sparse = [m for m, c in zip(t.models, coverage) if c < MIN_COVERAGE]
+    models = [m for m, c in zip(t.models, coverage) if c >= MIN_COVERAGE]
     notes = ("o1 models' hidden reasoning tokens are billed but absent from the data: their cost is understated",)
     if missing:
         notes += (f"left out (no price): {missing}",)
+    if sparse:
+        notes += (f"left out of the pool (outcomes for < {MIN_COVERAGE:.0%} of prompts): {sparse}",)
     return Dataset(name, t, outcomes.split_by_hash(t.prompts), None, {f"ZeroEval {task}": models}, notes=notes)
 
 
