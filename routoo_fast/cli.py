@@ -39,6 +39,8 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["cpu", "torch", "triton"], default=None,
                    help="pool+score backend (default: automatic, or $ROUTOO_BACKEND)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--encoder-batch", type=int, default=None, metavar="N",
+                   help="prompts per encoder forward pass (default: the router's; on CPU, 8 suits long prompts)")
 
 
 def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
@@ -252,7 +254,8 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     import numpy as np
 
-    router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=None))
+    router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=None,
+                                             encoder_batch=None))
     print(f"router with {len(router.model_names)} models\n")
     Q, C = router.predict(EXAMPLE_PROMPTS), router.costs(EXAMPLE_PROMPTS)
     from .selector import calibrate_lambda
@@ -321,8 +324,10 @@ def _load_router(args):
         _check_positive("--max-length", args.max_length)
     if args.threads is not None:
         _check_positive("--threads", args.threads)
+    if args.encoder_batch is not None:
+        _check_positive("--encoder-batch", args.encoder_batch)
     return Router.from_pretrained(args.router, backend=args.backend, max_length=args.max_length,
-                                  num_threads=args.threads)
+                                  num_threads=args.threads, batch_size=args.encoder_batch)
 
 
 def _check_positive(flag: str, value, allow_zero: bool = False) -> None:

@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 
 def start_server(router: str, batching: bool, max_length: int | None, threads: int, max_wait_ms: float,
-                 max_batch: int, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+                 max_batch: int, encoder_batch: int | None = None, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
     """`routoo-fast serve` in a subprocess on a free loopback port; returns once /healthz answers."""
     port = _free_port()
     cmd = [sys.executable, "-m", "routoo_fast.cli", "serve", "--router", router, "--host", LOOPBACK,
@@ -63,6 +63,8 @@ def start_server(router: str, batching: bool, max_length: int | None, threads: i
            "--max-wait-ms", str(max_wait_ms), "--max-batch", str(max_batch), "--max-queue", "4096"]
     if max_length is not None:
         cmd += ["--max-length", str(max_length)]
+    if encoder_batch is not None:
+        cmd += ["--encoder-batch", str(encoder_batch)]
     if not batching:
         cmd.append("--no-batching")
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the server
@@ -143,12 +145,12 @@ def _pass_counters(url: str) -> tuple[float, float]:
 
 def run_load_test(router: str = "default", requests: int = 2000, concurrency: int = 64, max_length: int | None = 64,
                   threads: int = 1, max_wait_ms: float = 2.0, max_batch: int = 64, policy: str = "lambda=100",
-                  modes: tuple[str, ...] = ("batched", "unbatched")) -> list[LoadResult]:
+                  modes: tuple[str, ...] = ("batched", "unbatched"), encoder_batch: int | None = None) -> list[LoadResult]:
     """Run each mode against a fresh server; returns one LoadResult per mode."""
     prompts = sample_prompts(requests)
     results = []
     for mode in modes:
-        proc, url = start_server(router, mode == "batched", max_length, threads, max_wait_ms, max_batch)
+        proc, url = start_server(router, mode == "batched", max_length, threads, max_wait_ms, max_batch, encoder_batch)
         try:
             results.append(run_mode(url, mode, prompts, concurrency, policy))
         finally:
@@ -165,12 +167,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server (default 1)")
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--encoder-batch", type=int, default=None, help="prompts per encoder forward (default: router's)")
     p.add_argument("--policy", default="lambda=100")
     p.add_argument("--modes", default="batched,unbatched")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
     results = run_load_test(args.router, args.requests, args.concurrency, args.max_length, args.threads,
-                            args.max_wait_ms, args.max_batch, args.policy, tuple(args.modes.split(",")))
+                            args.max_wait_ms, args.max_batch, args.policy, tuple(args.modes.split(",")),
+                            args.encoder_batch)
     print(f"{'mode':<10} {'requests':>8} {'conc':>5} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'prompts/pass':>12}")
     for r in results:

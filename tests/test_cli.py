@@ -63,6 +63,7 @@ def test_usage_errors_exit_2(capsys, argv):
         (["route", "hi", "--policy", "temperature=2"], "unknown policy key 'temperature'"),
         (["route", "hi", "--min-quality", "3"], "min_quality must be in [0.0, 1.0]"),
         (["route", "hi", "--max-length", "0"], "--max-length must be > 0"),
+        (["route", "hi", "--encoder-batch", "0"], "--encoder-batch must be > 0"),
         (["route", "hi", "--policy", "lambda=1,models=a", "--models", "b"], "give the model list once"),
         (["serve", "--auth-token-env", "ROUTOO_CLI_TEST_UNSET_VAR"], "ROUTOO_CLI_TEST_UNSET_VAR"),
         (["serve", "--upstreams", "/nonexistent/upstreams.json"], "does not exist"),

@@ -204,6 +204,9 @@ def test_from_pretrained_round_trip(tmp_path):
     assert loaded.route(PROMPTS, "lambda=700") == small_router().route(PROMPTS, "lambda=700")
     shorter = Router.from_pretrained(str(path), max_length=8)
     assert shorter.predictor.encoder.max_length == 8
+    chunked = Router.from_pretrained(path, batch_size=2)  # encoder forwards of 2 prompts: same answers
+    assert chunked.predictor.encoder.batch_size == 2
+    np.testing.assert_allclose(chunked.predict(PROMPTS), loaded.predict(PROMPTS), rtol=1e-5, atol=1e-6)
 
 
 def test_from_pretrained_missing_directory(tmp_path):
