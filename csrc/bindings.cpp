@@ -9,6 +9,7 @@
 #include <string>
 
 #include "routoo/budget.hpp"
+#include "routoo/budget_fast.hpp"
 #include "routoo/hull.hpp"
 #include "routoo/per_prompt.hpp"
 
@@ -113,44 +114,53 @@ routoo::Status hulls(const py::array& Q, const py::array& C, const py::object& a
     });
 }
 
-// Per-thread hull storage reused across budget calls: fresh buffers of this size (tens of MB at 1e5 prompts)
+// Per-thread budget storage reused across calls: fresh buffers of this size (tens of MB at 1e5 prompts)
 // cost more in page faults than the solve itself. Buffers above kKeepBytes are released after the call.
-routoo::Hulls& budget_workspace() {
-    thread_local routoo::Hulls h;
-    return h;
-}
-
-void trim(routoo::Hulls& h) {
-    constexpr std::size_t kKeepBytes = std::size_t(256) << 20;
-    const std::size_t bytes = h.edges.capacity() * sizeof(routoo::Edge) + h.model.capacity() * 20 +
-                              h.offset.capacity() * 8 + h.level.capacity() * 4;
-    if (bytes > kKeepBytes) h = routoo::Hulls{};
+routoo::BudgetWork& budget_workspace() {
+    thread_local routoo::BudgetWork w;
+    return w;
 }
 
 // Returns a dict; on a bad status, an empty prompt or a budget below the cheapest total, it holds only the
-// diagnosis (status, empty_prompt, min_total_cost) and no solution.
-py::dict budget(const py::array& Q, const py::array& C, double total_budget, const py::object& allowed) {
+// diagnosis (status, empty_prompt, min_total_cost) and no solution. `path` says which solver answered
+// (0 full, 1 fast, 2 fast bracket missed then full). fast_min_prompts and bracket are for tests and
+// benchmarks: the batch size from which the fast path is tried, and a forced bracket (lo, hi) for it.
+py::dict budget(const py::array& Q, const py::array& C, double total_budget, const py::object& allowed,
+                std::int64_t fast_min_prompts, const py::object& bracket) {
     const Shape s = check_inputs(Q, C, allowed);
-    routoo::Hulls& h = budget_workspace();
+    routoo::BudgetOptions opt;
+    opt.fast_min_prompts = fast_min_prompts;
+    if (!bracket.is_none()) {
+        const auto b = py::cast<py::sequence>(bracket);
+        if (b.size() != 2) throw std::invalid_argument("bracket must be (lo, hi)");
+        opt.lo = py::cast<double>(b[0]);
+        opt.hi = py::cast<double>(b[1]);
+        if (!(opt.lo >= 0 && opt.hi >= opt.lo)) throw std::invalid_argument("bracket must be (lo, hi) with 0 <= lo <= hi");
+        opt.forced = true;
+    }
+    routoo::BudgetWork& w = budget_workspace();
     struct Trim {
-        routoo::Hulls& h;
-        ~Trim() { trim(h); }
-    } trim_on_exit{h};
-    py::dict out;
-    const auto status = hulls(Q, C, allowed, s, h);
-    out["status"] = static_cast<int>(status);
-    out["empty_prompt"] = h.empty_prompt;
-    out["min_total_cost"] = h.min_total_cost;
-    // a relative 1e-12 slack: a budget computed as mean * n_prompts may round just below the exact cheapest sum
-    if (status != routoo::Status::ok || h.empty_prompt >= 0 || total_budget < h.min_total_cost * (1.0 - 1e-12))
-        return out;
+        routoo::BudgetWork& w;
+        ~Trim() {
+            constexpr std::size_t kKeepBytes = std::size_t(256) << 20;
+            if (w.bytes() > kKeepBytes) w = routoo::BudgetWork{};
+        }
+    } trim_on_exit{w};
     py::array_t<std::int32_t> choice(s.P);
     auto* ch = choice.mutable_data();
-    routoo::BudgetResult r;
-    {
+    const Mask m = mask(allowed, s.N);
+    const routoo::BudgetOutcome o = dispatch(Q, [&](auto t) {
+        using T = decltype(t);
         py::gil_scoped_release nogil;
-        r = routoo::solve_budget(h, total_budget, ch);
-    }
+        return routoo::solve_budget_auto<T>(rows<T>(Q, s.N), rows<T>(C, s.N), m, s.P, s.N, total_budget, ch, w, opt);
+    });
+    py::dict out;
+    out["status"] = static_cast<int>(o.status);
+    out["empty_prompt"] = o.empty_prompt;
+    out["min_total_cost"] = o.min_total_cost;
+    out["path"] = static_cast<int>(o.path);
+    if (!o.solved) return out;
+    const routoo::BudgetResult& r = o.result;
     out["choice"] = choice;
     out["lambda_star"] = r.lambda_star;
     out["lp_bound"] = r.lp_bound;
@@ -209,6 +219,7 @@ PYBIND11_MODULE(_selector, m) {
     m.def("min_cost", &min_cost, py::arg("Q"), py::arg("C"), py::arg("min_quality"), py::arg("allowed") = py::none(),
           "cheapest model reaching the floor per prompt -> (choice, quality, cost, flagged, total_quality, total_cost, status)");
     m.def("budget", &budget, py::arg("Q"), py::arg("C"), py::arg("total_budget"), py::arg("allowed") = py::none(),
+          py::arg("fast_min_prompts") = routoo::BudgetOptions{}.fast_min_prompts, py::arg("bracket") = py::none(),
           "multiple-choice knapsack via hulls + LP break slope -> dict");
     m.def("hull_edges", &hull_edges, py::arg("Q"), py::arg("C"), py::arg("allowed") = py::none(),
           "per-prompt upper hull edges -> dict");
