@@ -49,9 +49,11 @@ def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
                    help="policy text: 'max_quality', 'max_cost=0.001', 'min_quality=0.7', 'lambda=0.5', 'budget=0.1'")
     g.add_argument("--lambda", dest="lam", type=float, metavar="L",
                    help="trade-off: maximise quality - L * cost (USD)")
-    g.add_argument("--max-cost", type=float, metavar="USD", help="best predicted quality with expected cost <= USD per call")
+    g.add_argument("--max-cost", type=float, metavar="USD",
+                   help="best predicted quality with expected cost <= USD per call")
     g.add_argument("--min-quality", type=float, metavar="Q", help="cheapest model with predicted quality >= Q (0..1)")
-    g.add_argument("--budget", type=float, metavar="USD", help="best total quality over all prompts for at most USD in total")
+    g.add_argument("--budget", type=float, metavar="USD",
+                   help="best total quality over all prompts for at most USD in total")
     p.add_argument("--models", metavar="A,B,...", help="only route among these models (comma-separated)")
     p.set_defaults(policy_default_help=default_help)
 
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("route", help="pick a model for each prompt", description=(
         "Predict each model's chance of answering each prompt well, then pick one model per prompt under a policy "
         "(default: max_quality). Prompts come from the arguments, or one per line from stdin with '-'."))
-    p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text ('-' reads prompts from stdin, one per line)")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT",
+                   help="prompt text ('-' reads prompts from stdin, one per line)")
     _add_router_args(p)
     _add_policy_args(p, "max_quality")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of a table")
@@ -90,15 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve /v1/route, an OpenAI-compatible /v1/chat/completions (model 'router' or 'router:<policy>'), "
         "/healthz and /metrics on uvicorn."))
     _add_router_args(p)
-    p.add_argument("--upstreams", metavar="FILE", help="JSON file of upstream endpoints per model (see routoo_fast.upstreams)")
+    p.add_argument("--upstreams", metavar="FILE",
+                   help="JSON file of upstream endpoints per model (see routoo_fast.upstreams)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--policy", default="max_quality", metavar="SPEC", help="policy for model 'router' with none given (default: %(default)s)")
+    p.add_argument("--policy", default="max_quality", metavar="SPEC",
+                   help="policy for model 'router' with none given (default: %(default)s)")
     p.add_argument("--no-batching", action="store_true", help="one predictor pass per request (no micro-batching)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait in ms (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=64, help="most prompts per predictor pass (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="most estimated tokens per predictor pass")
-    p.add_argument("--max-queue", type=int, default=1024, help="most requests waiting before 503 (default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="most requests waiting before 503 (default: %(default)s)")
     p.add_argument("--auth-token-env", metavar="VAR",
                    help="require 'Authorization: Bearer <token>' with the token read from this environment variable")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -108,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Route synthetic prompts through the router at several batch sizes and print prompts/s (no server)."))
     _add_router_args(p)
     p.add_argument("--batch-sizes", default="1,8,64", metavar="B,B,...", help="batch sizes (default: %(default)s)")
-    p.add_argument("--prompts", type=int, default=256, metavar="N", help="prompts per batch size (default: %(default)s)")
+    p.add_argument("--prompts", type=int, default=256, metavar="N",
+                   help="prompts per batch size (default: %(default)s)")
     p.add_argument("--policy", default="lambda=100", metavar="SPEC", help="policy to route with (default: %(default)s)")
     p.set_defaults(func=cmd_bench)
 
@@ -148,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as exc:
+    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError,
+            ImportError) as exc:
         if os.environ.get("ROUTOO_DEBUG"):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
@@ -169,7 +177,8 @@ def cmd_route(args) -> int:
         if args.json:
             row = {"prompt": prompt, **d.to_dict()}
             if Q is not None:
-                row["scores"] = {m: {"quality": float(Q[i, j]), "cost": float(C[i, j])} for j, m in enumerate(router.model_names)}
+                row["scores"] = {m: {"quality": float(Q[i, j]), "cost": float(C[i, j])}
+                                 for j, m in enumerate(router.model_names)}
             print(json.dumps(row))
             continue
         flag = "" if d.feasible else "  (policy not met: fallback)"
@@ -268,7 +277,8 @@ def cmd_demo(args) -> int:
         print(f"policy {spec}:")
         for prompt, d in zip(EXAMPLE_PROMPTS, router.decide(EXAMPLE_PROMPTS, Q, spec)):
             note = "" if d.feasible else "  (policy not met: fallback)"
-            print(f"  {d.model:<32} quality={d.predicted_quality:.3f} cost=${d.expected_cost:.6f}  {_short(prompt, 50)}{note}")
+            print(f"  {d.model:<32} quality={d.predicted_quality:.3f} cost=${d.expected_cost:.6f}  "
+                  f"{_short(prompt, 50)}{note}")
         print()
     if args.skip_eval:
         return 0

@@ -122,7 +122,8 @@ def parse_policy(spec: Any) -> Policy:
         return _from_items(_split_text(spec), source=repr(spec))
     if isinstance(spec, Mapping):
         return _from_items(list(spec.items()), source=repr(dict(spec)))
-    raise TypeError(f"policy must be a string like 'lambda=0.5', a mapping or a policy object, got {type(spec).__name__}")
+    raise TypeError(f"policy must be a string like 'lambda=0.5', a mapping or a policy object, "
+                    f"got {type(spec).__name__}")
 
 
 def policy_to_dict(policy: Policy) -> dict:
@@ -141,7 +142,8 @@ def policy_to_dict(policy: Policy) -> dict:
 def _split_text(text: str) -> list[tuple[str, str]]:
     text = text.strip()
     if not text:
-        raise ValueError("policy is empty: expected e.g. 'lambda=0.5', 'max_cost=0.001', 'min_quality=0.7', 'budget=1.0'")
+        raise ValueError("policy is empty: expected e.g. 'lambda=0.5', 'max_cost=0.001', 'min_quality=0.7', "
+                         "'budget=1.0'")
     items = []
     for part in text.split(","):
         part = part.strip()

@@ -57,7 +57,8 @@ class HTTPError(Exception):
 
 
 def _error_response(err: HTTPError) -> JSONResponse:
-    return JSONResponse({"error": {"message": err.message, "type": err.kind}}, status_code=err.status, headers=err.headers)
+    return JSONResponse({"error": {"message": err.message, "type": err.kind}}, status_code=err.status,
+                        headers=err.headers)
 
 
 class Metrics:
@@ -65,19 +66,22 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("routoo_requests", "HTTP requests by path and status", ["path", "status"], registry=self.registry)
+        self.requests = Counter("routoo_requests", "HTTP requests by path and status", ["path", "status"],
+                                registry=self.registry)
         self.latency = Histogram(
             "routoo_request_latency_seconds", "HTTP request latency, until the last body byte", ["path"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
         self.chosen = Counter("routoo_chosen_model", "Prompts routed to each model", ["model"], registry=self.registry)
-        self.spend = Counter("routoo_estimated_spend_usd", "Expected USD of routed calls, by model", ["model"], registry=self.registry)
+        self.spend = Counter("routoo_estimated_spend_usd", "Expected USD of routed calls, by model", ["model"],
+                             registry=self.registry)
         self.batch_size = Histogram(
             "routoo_route_batch_prompts", "Prompts per route request", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        self.upstream_errors = Counter("routoo_upstream_errors", "Failed upstream calls by model", ["model"], registry=self.registry)
+        self.upstream_errors = Counter("routoo_upstream_errors", "Failed upstream calls by model", ["model"],
+                                       registry=self.registry)
 
 
 class _BatcherCollector:
@@ -199,7 +203,8 @@ def create_app(
             raise HTTPError(503, "server busy: routing queue is full, retry shortly", "server_busy",
                             {"Retry-After": str(retry_after_s)}) from None
         except BatcherClosed:
-            raise HTTPError(503, "server is shutting down", "server_busy", {"Retry-After": str(retry_after_s)}) from None
+            raise HTTPError(503, "server is shutting down", "server_busy",
+                            {"Retry-After": str(retry_after_s)}) from None
         except Exception as exc:  # the predictor failed: our fault, not the client's
             log.exception("predictor pass failed")
             raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
@@ -249,7 +254,8 @@ def create_app(
             if not isinstance(messages, list) or not messages:
                 raise HTTPError(400, "missing field 'messages' (a non-empty list of chat messages)")
             if upstreams is None:
-                raise HTTPError(501, "this server has no upstreams configured (start it with --upstreams FILE)", "not_configured")
+                raise HTTPError(501, "this server has no upstreams configured (start it with --upstreams FILE)",
+                                "not_configured")
             headers = {}
             if model == ROUTER_MODEL or model.startswith(ROUTER_MODEL + ":"):
                 spec = model[len(ROUTER_MODEL) + 1:] if ":" in model else None
@@ -376,7 +382,8 @@ async def _forward(client: httpx.AsyncClient, upstream, body: dict, headers: dic
         response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         metrics.upstream_errors.labels(upstream.name).inc()
-        raise HTTPError(502, f"upstream for {upstream.name!r} unreachable or too slow: {type(exc).__name__}", "upstream_error") from None
+        raise HTTPError(502, f"upstream for {upstream.name!r} unreachable or too slow: {type(exc).__name__}",
+                        "upstream_error") from None
     if response.status_code >= 400:
         try:
             detail = await response.aread()
@@ -401,14 +408,16 @@ async def _forward(client: httpx.AsyncClient, upstream, body: dict, headers: dic
         raw = await response.aread()
     except httpx.HTTPError as exc:
         metrics.upstream_errors.labels(upstream.name).inc()
-        raise HTTPError(502, f"upstream for {upstream.name!r} broke off: {type(exc).__name__}", "upstream_error") from None
+        raise HTTPError(502, f"upstream for {upstream.name!r} broke off: {type(exc).__name__}",
+                        "upstream_error") from None
     finally:
         await response.aclose()
     try:
         answer = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         metrics.upstream_errors.labels(upstream.name).inc()
-        raise HTTPError(502, f"upstream for {upstream.name!r} answered with a body that is not JSON", "upstream_error") from None
+        raise HTTPError(502, f"upstream for {upstream.name!r} answered with a body that is not JSON",
+                        "upstream_error") from None
     if isinstance(answer, dict):
         answer["model"] = upstream.name
     return JSONResponse(answer, headers=headers)

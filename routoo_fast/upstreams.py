@@ -55,7 +55,8 @@ class Upstream:
             return {}
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise MissingAPIKey(f"upstream for model {self.name!r} needs environment variable {self.api_key_env}, which is not set")
+            raise MissingAPIKey(f"upstream for model {self.name!r} needs environment variable {self.api_key_env}, "
+                                "which is not set")
         return {"Authorization": f"Bearer {key}"}
 
 
@@ -128,12 +129,14 @@ class Upstreams(Mapping[str, Upstream]):
 
     def missing_keys(self) -> dict[str, str]:
         """Model name -> env var name, for upstreams whose key variable is not set (for a startup warning)."""
-        return {n: u.api_key_env for n, u in self._entries.items() if u.api_key_env and not os.environ.get(u.api_key_env)}
+        return {n: u.api_key_env for n, u in self._entries.items()
+                if u.api_key_env and not os.environ.get(u.api_key_env)}
 
 
 def _check_fields(entry: Mapping, where: str) -> None:
     if "api_key" in entry:  # a literal key in a config file is how keys leak: refuse it, without echoing it
-        raise ValueError(f"{where}: do not put keys in the config; set an environment variable and name it in api_key_env")
+        raise ValueError(f"{where}: do not put keys in the config; set an environment variable and name it in "
+                         "api_key_env")
     unknown = set(entry) - _FIELDS
     if unknown:
         raise ValueError(f"{where} has unknown keys {sorted(unknown)} (allowed: {sorted(_FIELDS)})")

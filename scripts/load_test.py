@@ -55,7 +55,8 @@ def _free_port() -> int:
 
 
 def start_server(router: str, batching: bool, max_length: int | None, threads: int, max_wait_ms: float,
-                 max_batch: int, encoder_batch: int | None = None, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+                 max_batch: int, encoder_batch: int | None = None,
+                 timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
     """`routoo-fast serve` in a subprocess on a free loopback port; returns once /healthz answers."""
     port = _free_port()
     cmd = [sys.executable, "-m", "routoo_fast.cli", "serve", "--router", router, "--host", LOOPBACK,
@@ -145,7 +146,8 @@ def _pass_counters(url: str) -> tuple[float, float]:
 
 def run_load_test(router: str = "default", requests: int = 2000, concurrency: int = 64, max_length: int | None = 64,
                   threads: int = 1, max_wait_ms: float = 2.0, max_batch: int = 64, policy: str = "lambda=100",
-                  modes: tuple[str, ...] = ("batched", "unbatched"), encoder_batch: int | None = None) -> list[LoadResult]:
+                  modes: tuple[str, ...] = ("batched", "unbatched"),
+                  encoder_batch: int | None = None) -> list[LoadResult]:
     """Run each mode against a fresh server; returns one LoadResult per mode."""
     prompts = sample_prompts(requests)
     results = []

@@ -75,7 +75,8 @@ class FakeUpstream:
                 "created": created,
                 "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()), "total_tokens": 7 + len(text.split())},
+                "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()),
+                          "total_tokens": 7 + len(text.split())},
             }
         )
 

@@ -187,7 +187,8 @@ def test_serve_command_end_to_end(router_dir, tmp_path):
                            json={"model": "router", "messages": [{"role": "user", "content": "hello there"}]})
             assert r.status_code == 200
             chosen = r.headers["x-routoo-model"]
-            assert chosen in MODELS and r.json()["choices"][0]["message"]["content"] == reply_text(chosen, "hello there")
+            assert chosen in MODELS
+            assert r.json()["choices"][0]["message"]["content"] == reply_text(chosen, "hello there")
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=30)
@@ -200,8 +201,10 @@ def test_demo_routes_examples(capsys, router_dir):
     code, out, err = run_main(capsys, "demo", "--router", str(router_dir), "--skip-eval")
     assert code == 0, err
     blocks = [line for line in out.splitlines() if line.startswith("policy ")]
-    assert [b.split()[1].split("=")[0].rstrip(":") for b in blocks] == ["max_quality", "max_cost", "min_quality", "lambda"]
-    assert sum(line.startswith("  ") and " quality=" in line for line in out.splitlines()) == 4 * len(cli.EXAMPLE_PROMPTS)
+    modes = [b.split()[1].split("=")[0].rstrip(":") for b in blocks]
+    assert modes == ["max_quality", "max_cost", "min_quality", "lambda"]
+    decisions = [line for line in out.splitlines() if line.startswith("  ") and " quality=" in line]
+    assert len(decisions) == 4 * len(cli.EXAMPLE_PROMPTS)
 
 
 def test_train_command_then_route(capsys, tmp_path):
@@ -211,7 +214,8 @@ def test_train_command_then_route(capsys, tmp_path):
     rows = ["prompt,model,score,output_tokens"]
     for i in range(40):
         for j, model in enumerate(MODELS[:3]):
-            rows.append(f'"Question {i}: what is {i} times {j + 2}?",{model},{int((i * (j + 1)) % 3 != 0)},{50 + 10 * j}')
+            score = int((i * (j + 1)) % 3 != 0)
+            rows.append(f'"Question {i}: what is {i} times {j + 2}?",{model},{score},{50 + 10 * j}')
     data = tmp_path / "outcomes.csv"
     data.write_text("\n".join(rows) + "\n")
     out_dir = tmp_path / "trained"

@@ -52,13 +52,15 @@ policies = st.one_of(
     st.builds(Tradeoff, st.floats(0, 1e6)),
     st.builds(Budget, st.floats(0, 1e3)),
 )
-names = st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,20}", fullmatch=True), min_size=1, max_size=4, unique=True)
+names = st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,20}", fullmatch=True), min_size=1, max_size=4,
+                 unique=True)
 
 
 @given(policies, st.one_of(st.none(), names))
 def test_round_trip(policy, models):
     if models is not None:
-        policy = type(policy)(*[getattr(policy, f) for f in policy.__dataclass_fields__ if f != "models"], models=models)
+        fields = [getattr(policy, f) for f in policy.__dataclass_fields__ if f != "models"]
+        policy = type(policy)(*fields, models=models)
     assert parse_policy(str(policy)) == policy
     assert parse_policy(policy_to_dict(policy)) == policy
 

@@ -37,7 +37,8 @@ def upstreams(upstream):
     models["down-model"] = {"base_url": f"http://127.0.0.1:{free_port()}/v1"}
     models["nokey-model"] = {"api_key_env": "ROUTOO_TEST_UNSET_KEY_VARIABLE"}
     os.environ.pop("ROUTOO_TEST_UNSET_KEY_VARIABLE", None)
-    yield Upstreams.from_dict({"defaults": {"base_url": upstream.url + "/v1", "api_key_env": KEY_ENV}, "models": models})
+    defaults = {"base_url": upstream.url + "/v1", "api_key_env": KEY_ENV}
+    yield Upstreams.from_dict({"defaults": defaults, "models": models})
     if old is None:
         os.environ.pop(KEY_ENV, None)
     else:
@@ -134,7 +135,8 @@ def test_concurrent_route_requests_are_batched(server):
 
     async def main():
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            rs = await asyncio.gather(*(c.post("/v1/route", json={"prompt": p, "policy": "lambda=500"}) for p in prompts))
+            rs = await asyncio.gather(*(c.post("/v1/route", json={"prompt": p, "policy": "lambda=500"})
+                                        for p in prompts))
         return rs
 
     responses = asyncio.run(main())
@@ -228,7 +230,8 @@ def test_chat_bad_input_is_400(client, payload, match):
 
 
 def test_chat_invalid_json_is_400(client):
-    r = client.post("/v1/chat/completions", content=b'{"model": "router", ', headers={"content-type": "application/json"})
+    r = client.post("/v1/chat/completions", content=b'{"model": "router", ',
+                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in error_message(r)
 
 
@@ -276,12 +279,12 @@ def test_metrics(client):
     assert 'routoo_request_latency_seconds_bucket{le="0.005",path="/v1/route"}' in text
     assert f'routoo_chosen_model_total{{model="{MODELS[0]}"}}' in text
     assert f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}' in text
-    passes = float(next(ln for ln in text.splitlines() if ln.startswith("routoo_predictor_passes_total ")).split()[-1])
-    prompts = float(next(ln for ln in text.splitlines() if ln.startswith("routoo_predictor_prompts_total ")).split()[-1])
+    values = dict(ln.rsplit(" ", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
+    passes = float(values["routoo_predictor_passes_total"])
+    prompts = float(values["routoo_predictor_prompts_total"])
     assert 1 <= passes <= prompts
     assert "routoo_batcher_queue_depth 0.0" in text
-    spend = [line for line in text.splitlines() if line.startswith(f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}')]
-    assert float(spend[0].split()[-1]) > 0
+    assert float(values[f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}']) > 0
 
 
 # ---- auth, back-pressure, no batching --------------------------------------------------------------------------
@@ -291,7 +294,8 @@ def test_bearer_auth(upstreams):
         assert c.get("/healthz").status_code == 200  # probes stay open
         r = c.post("/v1/route", json={"prompt": PROMPT})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert c.post("/v1/route", json={"prompt": PROMPT}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        wrong = {"Authorization": "Bearer wrong"}
+        assert c.post("/v1/route", json={"prompt": PROMPT}, headers=wrong).status_code == 401
         assert c.get("/metrics").status_code == 401
         ok = {"Authorization": "Bearer let-me-in"}
         assert c.post("/v1/route", json={"prompt": PROMPT}, headers=ok).status_code == 200
