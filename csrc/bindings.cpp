@@ -122,7 +122,8 @@ routoo::BudgetWork& budget_workspace() {
 }
 
 // Returns a dict; on a bad status, an empty prompt or a budget below the cheapest total, it holds only the
-// diagnosis (status, empty_prompt, min_total_cost) and no solution. `path` says which solver answered
+// diagnosis (status, empty_prompt, min_total_cost) and no solution; a solution comes with the chosen
+// models' quality and cost (float64 [P], the inputs' values). `path` says which solver answered
 // (0 full, 1 fast, 2 fast bracket missed then full). fast_min_prompts and bracket are for tests and
 // benchmarks: the batch size from which the fast path is tried, and a forced bracket (lo, hi) for it.
 py::dict budget(const py::array& Q, const py::array& C, double total_budget, const py::object& allowed,
@@ -147,12 +148,15 @@ py::dict budget(const py::array& Q, const py::array& C, double total_budget, con
         }
     } trim_on_exit{w};
     py::array_t<std::int32_t> choice(s.P);
+    py::array_t<double> quality(s.P), cost(s.P);
     auto* ch = choice.mutable_data();
+    auto* qu = quality.mutable_data();
+    auto* co = cost.mutable_data();
     const Mask m = mask(allowed, s.N);
     const routoo::BudgetOutcome o = dispatch(Q, [&](auto t) {
         using T = decltype(t);
         py::gil_scoped_release nogil;
-        return routoo::solve_budget_auto<T>(rows<T>(Q, s.N), rows<T>(C, s.N), m, s.P, s.N, total_budget, ch, w, opt);
+        return routoo::solve_budget_auto<T>(rows<T>(Q, s.N), rows<T>(C, s.N), m, s.P, s.N, total_budget, ch, qu, co, w, opt);
     });
     py::dict out;
     out["status"] = static_cast<int>(o.status);
@@ -162,6 +166,8 @@ py::dict budget(const py::array& Q, const py::array& C, double total_budget, con
     if (!o.solved) return out;
     const routoo::BudgetResult& r = o.result;
     out["choice"] = choice;
+    out["quality"] = quality;
+    out["cost"] = cost;
     out["lambda_star"] = r.lambda_star;
     out["lp_bound"] = r.lp_bound;
     out["break_gain"] = r.break_gain;

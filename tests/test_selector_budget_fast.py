@@ -40,6 +40,11 @@ def budget_of(Q, C, fraction, allowed=None):
 def full(Q, C, B, allowed=None):
     r = _selector.budget(Q, C, B, allowed, fast_min_prompts=NEVER)
     assert r["path"] == FULL
+    if "choice" in r:  # the chosen models' own values
+        rows = np.arange(Q.shape[0])
+        np.testing.assert_array_equal(r["quality"], Q[rows, r["choice"]].astype(np.float64))
+        Cf = np.broadcast_to(C, Q.shape)
+        np.testing.assert_array_equal(r["cost"], Cf[rows, r["choice"]].astype(np.float64))
     return r
 
 
@@ -51,6 +56,8 @@ def assert_same(got, want):
     if "choice" not in want:
         return
     np.testing.assert_array_equal(got["choice"], want["choice"])
+    np.testing.assert_array_equal(got["quality"], want["quality"])
+    np.testing.assert_array_equal(got["cost"], want["cost"])
     for key in ("lambda_star", "break_gain", "break_prompt", "total_quality", "total_cost"):
         assert got[key] == want[key], key
     assert got["lp_bound"] == pytest.approx(want["lp_bound"], rel=1e-12, abs=1e-12)
@@ -128,20 +135,22 @@ def test_all_prompts_fixed():
     assert got["path"] == FAST_THEN_FULL
 
 
+@pytest.mark.parametrize("N", [5, 12, 19])  # the scalar test, the 4-wide one, the 4-wide one with a tail
 @pytest.mark.parametrize("broadcast", [False, True])
-def test_masks_and_broadcast_costs(broadcast):
-    Q, C = make(3000, 12, np.float32, seed=9, broadcast=broadcast)
+def test_masks_and_broadcast_costs(broadcast, N):
+    Q, C = make(3000, N, np.float32, seed=9, broadcast=broadcast)
     rng = np.random.default_rng(9)
-    allowed = rng.random((3000, 12)) < 0.4
-    allowed[np.arange(3000), rng.integers(0, 12, 3000)] = True
+    allowed = rng.random((3000, N)) < 0.4
+    allowed[np.arange(3000), rng.integers(0, N, 3000)] = True
     allowed[::7] = False
-    allowed[::7, 5] = True  # some prompts with a single allowed model
+    allowed[::7, 3] = True  # some prompts with a single allowed model
     ok = allowed.view(np.uint8)
     for fraction in (0.0, 0.2, 0.6, 1.1):
         B = budget_of(Q, C, fraction, allowed)
         got = _selector.budget(Q, C, B, ok, fast_min_prompts=0)
         assert_same(got, full(Q, C, B, ok))
         assert allowed[np.arange(3000), got["choice"]].all()
+        assert got["path"] == FAST or fraction == 0.0
     row = np.ascontiguousarray(allowed[3]).view(np.uint8)  # one [N] mask for every prompt
     B = budget_of(Q, C, 0.3, np.broadcast_to(allowed[3], Q.shape))
     assert_same(_selector.budget(Q, C, B, row, fast_min_prompts=0), full(Q, C, B, row))

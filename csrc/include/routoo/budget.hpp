@@ -60,9 +60,11 @@ inline std::size_t select_break(std::vector<Edge>& e, double& residual) {
     return lo;
 }
 
-// Solve; choice [P] gets model indices. Precondition: h has no empty prompt and budget >= h.min_total_cost.
-// Reorders h.edges (the selection partitions them in place).
-inline BudgetResult solve_budget(Hulls& h, double budget, std::int32_t* choice) {
+// Solve; choice [P] gets model indices, quality and cost [P] (when not null) the chosen models' values.
+// Precondition: h has no empty prompt and budget >= h.min_total_cost. Reorders h.edges (the selection
+// partitions them in place).
+inline BudgetResult solve_budget(Hulls& h, double budget, std::int32_t* choice, double* quality = nullptr,
+                                 double* cost = nullptr) {
     const std::int64_t P = static_cast<std::int64_t>(h.offset.size()) - 1;
     std::vector<Edge>& e = h.edges;
     std::vector<std::int32_t>& level = h.level;
@@ -100,6 +102,8 @@ inline BudgetResult solve_budget(Hulls& h, double budget, std::int32_t* choice) 
     for (std::int64_t i = 0; i < P; ++i) {
         const std::int64_t v = h.offset[i] + level[i];
         choice[i] = h.model[v];
+        if (quality) quality[i] = h.quality[v];
+        if (cost) cost[i] = h.cost[v];
         r.total_quality += h.quality[v];
         r.total_cost += h.cost[v];
     }

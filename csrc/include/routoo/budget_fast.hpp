@@ -90,7 +90,6 @@ struct FillEdge {
 struct BudgetWork {
     Hulls all;                        // full path: every prompt's hull
     Hulls sample, core, extra;        // fast path: sampled prompts, core prompts, fixed prompts the fill may touch
-    std::vector<double> vq, vc;       // [P] quality / cost of each prompt's current vertex
     std::vector<double> next_cost;    // [P] fixed prompts: cheapest cost of higher quality (+inf: top; core: +inf)
     std::vector<std::int32_t> core_prompt, extra_prompt;  // slot -> prompt
     std::vector<std::int32_t> level;  // core then extra slots: vertices taken
@@ -102,7 +101,7 @@ struct BudgetWork {
             return h.edges.capacity() * sizeof(Edge) + h.model.capacity() * 20 + h.offset.capacity() * 8 +
                    h.level.capacity() * 4;
         };
-        return hb(all) + hb(sample) + hb(core) + hb(extra) + (vq.capacity() + vc.capacity() + next_cost.capacity()) * 8 +
+        return hb(all) + hb(sample) + hb(core) + hb(extra) + next_cost.capacity() * 8 +
                (core_prompt.capacity() + extra_prompt.capacity() + level.capacity()) * 4 +
                between.capacity() * sizeof(Edge) + fit.capacity() * sizeof(detail::FillEdge);
     }
@@ -116,13 +115,13 @@ inline bool budget_too_small(double budget, double min_total_cost) { return budg
 
 template <class T>
 BudgetOutcome budget_full(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N, double budget,
-                          std::int32_t* choice, BudgetWork& w) {
+                          std::int32_t* choice, double* quality, double* cost, BudgetWork& w) {
     BudgetOutcome out;
     out.status = build_hulls<T>(Q, C, ok, P, N, w.all);
     out.empty_prompt = w.all.empty_prompt;
     out.min_total_cost = w.all.min_total_cost;
     if (out.status != Status::ok || out.empty_prompt >= 0 || budget_too_small(budget, out.min_total_cost)) return out;
-    out.result = solve_budget(w.all, budget, choice);
+    out.result = solve_budget(w.all, budget, choice, quality, cost);
     out.solved = true;
     return out;
 }
@@ -190,13 +189,11 @@ bool sample_bracket(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t 
 
 }  // namespace detail
 
-// Steps 2-5 for a given bracket. Returns false (nothing usable in `out`) when the break is not in the bracket
+// Steps 2-5 for a given bracket; vq, vc [P] receive each prompt's chosen quality and cost (as solve_budget's). Returns false (nothing usable in `out`) when the break is not in the bracket
 // or a fixed prompt's hull does not contain its vertex (not expected; the full path then answers).
 template <class T>
 bool budget_in_bracket(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N, double budget, double lo,
-                       double hi, std::int32_t* choice, BudgetWork& w, BudgetOutcome& out) {
-    w.vq.resize(static_cast<std::size_t>(P));
-    w.vc.resize(static_cast<std::size_t>(P));
+                       double hi, std::int32_t* choice, double* vq, double* vc, BudgetWork& w, BudgetOutcome& out) {
     w.next_cost.resize(static_cast<std::size_t>(P));
     reset_hulls(w.core, P / 16);
     w.core_prompt.clear();
@@ -208,8 +205,6 @@ bool budget_in_bracket(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64
     const double inf = std::numeric_limits<double>::infinity();
     T chk = 0, cmin = std::numeric_limits<T>::infinity();
     std::vector<detail::HullPoint<T>> cand(static_cast<std::size_t>(N));
-    double* vq = w.vq.data();
-    double* vc = w.vc.data();
     double* next_cost = w.next_cost.data();
     bool below_lo = false;  // some edge of slope < lo exists: "every bracket edge fits" is then a miss
     bool broken = false;    // a core row had no hull (non-finite values: the status reports them)
@@ -374,20 +369,21 @@ bool budget_in_bracket(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64
 // whenever the fast path's bracket misses.
 template <class T>
 BudgetOutcome solve_budget_auto(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N, double budget,
-                                std::int32_t* choice, BudgetWork& w, const BudgetOptions& opt = {}) {
+                                std::int32_t* choice, double* quality, double* cost, BudgetWork& w,
+                                const BudgetOptions& opt = {}) {
     const bool want_fast = opt.forced || (P >= opt.fast_min_prompts && N >= 2);
     double lo = opt.lo, hi = opt.hi;
     if (want_fast && (opt.forced || detail::sample_bracket<T>(Q, C, ok, P, N, budget, opt.sigmas, w, lo, hi))) {
         BudgetOutcome out;
-        if (budget_in_bracket<T>(Q, C, ok, P, N, budget, lo, hi, choice, w, out)) {
+        if (budget_in_bracket<T>(Q, C, ok, P, N, budget, lo, hi, choice, quality, cost, w, out)) {
             out.path = BudgetPath::fast;
             return out;
         }
-        BudgetOutcome full = detail::budget_full<T>(Q, C, ok, P, N, budget, choice, w);
+        BudgetOutcome full = detail::budget_full<T>(Q, C, ok, P, N, budget, choice, quality, cost, w);
         full.path = BudgetPath::fast_then_full;
         return full;
     }
-    return detail::budget_full<T>(Q, C, ok, P, N, budget, choice, w);
+    return detail::budget_full<T>(Q, C, ok, P, N, budget, choice, quality, cost, w);
 }
 
 }  // namespace routoo

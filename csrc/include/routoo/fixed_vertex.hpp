@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "argbest.hpp"
@@ -50,10 +51,18 @@ namespace avx2 {
 inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
 inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
 
-// The scalar test four models at a time in double (rows without a mask).
+// lanes of m[j .. j + 3] that are nonzero, as a double-lane mask
+inline __m256d allowed4(const std::uint8_t* m) {
+    std::int32_t word;
+    std::memcpy(&word, m, sizeof word);
+    const __m256i wide = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(word));
+    return _mm256_castsi256_pd(_mm256_xor_si256(_mm256_cmpeq_epi64(wide, _mm256_setzero_si256()), _mm256_set1_epi64x(-1)));
+}
+
+// The scalar test four models at a time in double; m may be null (every model allowed).
 template <class T>
-inline bool fixed_vertex(const T* q, const T* c, std::int64_t N, std::int32_t v, double lo_m, double hi_p,
-                         T& cheapest, T& next) {
+inline bool fixed_vertex(const T* q, const T* c, const std::uint8_t* m, std::int64_t N, std::int32_t v, double lo_m,
+                         double hi_p, T& cheapest, T& next) {
     const double qv = static_cast<double>(q[v]), cv = static_cast<double>(c[v]);
     const double inf = std::numeric_limits<double>::infinity();
     const __m256d vqv = _mm256_set1_pd(qv), vcv = _mm256_set1_pd(cv), vlo = _mm256_set1_pd(lo_m),
@@ -67,6 +76,13 @@ inline bool fixed_vertex(const T* q, const T* c, std::int64_t N, std::int32_t v,
         const __m256d rhs = _mm256_mul_pd(_mm256_blendv_pd(vhi, vlo, right), d);
         const __m256d ok = _mm256_or_pd(_mm256_cmp_pd(e, rhs, _CMP_LT_OQ),
                                         _mm256_and_pd(_mm256_cmp_pd(e, zero, _CMP_LE_OQ), _mm256_cmp_pd(d, zero, _CMP_GE_OQ)));
+        if (m) {
+            const __m256d allowed = allowed4(m + j);
+            good = _mm256_and_pd(good, _mm256_or_pd(ok, _mm256_xor_pd(allowed, _mm256_castsi256_pd(_mm256_set1_epi64x(-1)))));
+            cheap = _mm256_min_pd(cheap, _mm256_blendv_pd(vinf, cd, allowed));
+            nx = _mm256_min_pd(nx, _mm256_blendv_pd(vinf, cd, _mm256_and_pd(allowed, _mm256_cmp_pd(qd, vqv, _CMP_GT_OQ))));
+            continue;
+        }
         good = _mm256_and_pd(good, ok);
         cheap = _mm256_min_pd(cheap, cd);
         nx = _mm256_min_pd(nx, _mm256_blendv_pd(vinf, cd, _mm256_cmp_pd(qd, vqv, _CMP_GT_OQ)));
@@ -78,6 +94,7 @@ inline bool fixed_vertex(const T* q, const T* c, std::int64_t N, std::int32_t v,
     double nm = std::min(std::min(nn[0], nn[1]), std::min(nn[2], nn[3]));
     bool all = _mm256_movemask_pd(good) == 0xF;
     for (std::int64_t j = body; j < N; ++j) {
+        if (m && !m[j]) continue;
         const double qj = static_cast<double>(q[j]), cj = static_cast<double>(c[j]);
         const double e = qj - qv, d = cj - cv;
         const double rhs = (d > 0 ? lo_m : hi_p) * d;
@@ -100,7 +117,7 @@ template <class T>
 inline bool fixed_vertex(const T* q, const T* c, const std::uint8_t* m, std::int64_t N, std::int32_t v,
                          double lo_m, double hi_p, T& cheapest, T& next) {
 #if defined(ROUTOO_AVX2_PATH)
-    if (!m && N >= 8 && detail::cpu_has_avx2()) return detail::avx2::fixed_vertex(q, c, N, v, lo_m, hi_p, cheapest, next);
+    if (N >= 8 && detail::cpu_has_avx2()) return detail::avx2::fixed_vertex(q, c, m, N, v, lo_m, hi_p, cheapest, next);
 #endif
     return detail::fixed_vertex_scalar(q, c, m, N, v, lo_m, hi_p, cheapest, next);
 }
