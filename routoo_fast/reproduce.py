@@ -34,11 +34,12 @@ DATASETS = ("mmlu_pro", "routellm", "routerbench", "zeroeval_gsm", "zeroeval_mat
 MAIN_JOB_DATASETS = ("mmlu_pro",)
 MIN_COVERAGE = 0.95  # ZeroEval: a model with outcomes for fewer prompts leaves the pool (it still trains the head)
 ROUTELLM_STRONG, ROUTELLM_WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-# RouteLLM (arXiv 2406.18665) reports, for MMLU, its best routers' cost saving vs always-GPT-4 at CPT(50%) and
-# CPT(80%) as 1.41x and 1.14x with GPT-4 at $24.7 and Mixtral at $0.24 per M tokens (blended). Their routers were
-# trained on Chatbot Arena preferences + MMLU validation labels, not on MMLU test prompts as ours are.
-ROUTELLM_PUBLISHED = {"saving_at_cpt50": 1.41, "saving_at_cpt80": 1.14, "strong_usd_per_mtok": 24.7,
-                      "weak_usd_per_mtok": 0.24}
+# RouteLLM (arXiv 2406.18665, Table 6) reports for MMLU its best routers' cost saving against the RANDOM router at
+# CPT(50%) and CPT(80%): 1.41x and 1.14x, i.e. CPT(50%) = 50% / 1.41 = 35.5% and CPT(80%) = 80% / 1.14 = 70.2% of
+# calls to GPT-4 (the ratios reproduce its MT Bench line: 49.03% / 13.40% = 3.66x). Quoted from secondary summaries,
+# not checked against the paper here. Their routers learn from Chatbot Arena preferences + MMLU validation labels,
+# ours from 70% of the MMLU test prompts themselves.
+ROUTELLM_PUBLISHED = {"saving_vs_random_at_cpt50": 1.41, "saving_vs_random_at_cpt80": 1.14}
 
 
 # --------------------------------------------------------------------------------------------------- features
@@ -236,9 +237,9 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
     return reports
 
 
-def _routellm_saving(cpt_share: float) -> float:
-    p = ROUTELLM_PUBLISHED
-    return p["strong_usd_per_mtok"] / (cpt_share * p["strong_usd_per_mtok"] + (1 - cpt_share) * p["weak_usd_per_mtok"])
+def _saving_vs_random(level: float, cpt_share: float) -> float:
+    """RouteLLM's cost saving against the random router at CPT(level): random needs `level` of the calls."""
+    return level / cpt_share if cpt_share > 0 else math.inf
 
 
 def targets_summary(pool: PoolReport) -> list[str]:
@@ -257,10 +258,11 @@ def targets_summary(pool: PoolReport) -> list[str]:
         + (" -> MET" if all(row["aiq"] > v for v in others.values()) else " -> missed"),
     ]
     if pool.strong_weak is not None and "cpt50" in row:
-        lines.append(f"RouteLLM-style: APGR {row['apgr']:.3f}, CPT(50%) {row['cpt50']:.1%} (saving "
-                     f"{_routellm_saving(row['cpt50']):.2f}x vs published {ROUTELLM_PUBLISHED['saving_at_cpt50']}x), "
-                     f"CPT(80%) {row['cpt80']:.1%} (saving {_routellm_saving(row['cpt80']):.2f}x vs published "
-                     f"{ROUTELLM_PUBLISHED['saving_at_cpt80']}x)")
+        pub = ROUTELLM_PUBLISHED
+        lines.append(f"RouteLLM-style: APGR {row['apgr']:.3f}; CPT(50%) {row['cpt50']:.1%}, saving vs random "
+                     f"{_saving_vs_random(0.5, row['cpt50']):.2f}x (RouteLLM published {pub['saving_vs_random_at_cpt50']}x); "
+                     f"CPT(80%) {row['cpt80']:.1%}, saving {_saving_vs_random(0.8, row['cpt80']):.2f}x "
+                     f"(published {pub['saving_vs_random_at_cpt80']}x)")
     return lines
 
 
