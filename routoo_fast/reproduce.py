@@ -230,11 +230,39 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
             f"held-out prompts with every outcome: {int(ok.sum())} of {te.size}",
             f"routoo router: {'trained here with the shipped recipe' if trained_here else 'the shipped default router'}"
             f"; kNN k={q_knn.k} (chosen on val by AUC); MF dim {MFRouter().dim}, both fitted on train + val"]
+        if va.size:
+            notes.append(_val_calibrated_point(t, va, cols, head, x, prices, eo, Y[ok], C_true[ok][:, cols],
+                                               q_router[ok][:, cols], C_pred[ok][:, cols]))
         preds = {"routoo (this package)": q_router[ok][:, cols], f"kNN (k={q_knn.k})": q_knn_te[ok][:, cols],
                  "matrix factorisation": q_mf[ok][:, cols]}
         reports.append(evaluate_pool(pool, Y[ok], C_true[ok][:, cols], models, preds,
                                      C_pred=C_pred[ok][:, cols], strong_weak=ds.strong_weak, notes=notes))
     return reports
+
+
+def _val_calibrated_point(t, va, cols, head, x, prices, eo, Y, C_true, Q, C_pred) -> str:
+    """A deployable operating point: the best model and lambda are chosen on the val split (lambda such that the
+    mean expected cost equals the best model's there, `selector.calibrate_lambda`), then applied to the test rows."""
+    import torch
+
+    from routoo_fast.selector import calibrate_lambda, tradeoff
+
+    v = t.subset(va)
+    yv = v.scores[:, cols].astype(np.float64)
+    ok = np.isfinite(yv).all(1)
+    if ok.sum() == 0:
+        return "val-calibrated point: no val prompt with every outcome"
+    with torch.no_grad():
+        qv = head.probs(torch.from_numpy(x[va][ok])).numpy()[:, cols].astype(np.float64)
+    cv = predicted_costs(v, prices, eo)[ok][:, cols]
+    b = int(np.argmax(yv[ok].mean(0)))
+    lam = calibrate_lambda(qv, cv, float(cv[:, b].mean()))
+    choice = tradeoff(Q.astype(np.float64), C_pred, lam).choice
+    rows = np.arange(len(choice))
+    q, c = Y[rows, choice].mean(), C_true[rows, choice].mean()
+    qb, cb = Y[:, b].mean(), C_true[:, b].mean()
+    return (f"val-calibrated point (lambda set on val to spend the best-on-val model's cost): test quality {q:.3f} "
+            f"vs {qb:.3f} ({(q - qb) * 100:+.1f} points) at {c / cb:.2f} of its cost")
 
 
 def _saving_vs_random(level: float, cpt_share: float) -> float:

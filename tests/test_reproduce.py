@@ -97,6 +97,8 @@ def test_evaluate_dataset_on_synthetic_data():
     # the features carry the outcomes' signal: a learned router beats the random mix
     assert rows["routoo (this package)"]["aiq"] > rows["random mix"]["aiq"]
     assert reports[1].model_names == ["a", "b"]
+    point = next(n for n in reports[0].notes if n.startswith("val-calibrated point"))
+    assert "of its cost" in point
     lines = rp.targets_summary(reports[0])
     assert len(lines) == 3 and all(("MET" in s) or ("missed" in s) for s in lines)
 
