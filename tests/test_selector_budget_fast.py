@@ -250,3 +250,19 @@ def test_property_any_bracket_equals_full_path(case):
     want = full(Q, C, B)
     assert_same(_selector.budget(Q, C, B, None, bracket=bracket), want)
     assert_same(_selector.budget(Q, C, B, None, fast_min_prompts=0), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_duplicate_models_and_signed_zero_costs(dtype):
+    """Exact copies of a model (the hull keeps the lowest index), dominated copies, and -0.0 costs."""
+    Q, C = make(3000, 16, dtype, seed=17)
+    Q[:, 8:] = Q[:, :8]  # every model twice: same quality ...
+    C[:, 8:] = C[:, :8]  # ... and cost
+    Q[::3, 9] -= 0.01  # some copies dominated
+    C[::5, 2] = -0.0
+    C[::5, 10] = 0.0
+    for fraction in (0.0, 0.2, 0.6, 1.1):
+        B = budget_of(Q, C, fraction)
+        got = _selector.budget(Q, C, B, None, fast_min_prompts=0)
+        assert_same(got, full(Q, C, B))
+        assert got["path"] == FAST or fraction == 0.0

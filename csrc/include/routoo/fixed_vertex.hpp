@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "argbest.hpp"
 
@@ -59,33 +60,55 @@ inline __m256d allowed4(const std::uint8_t* m) {
     return _mm256_castsi256_pd(_mm256_xor_si256(_mm256_cmpeq_epi64(wide, _mm256_setzero_si256()), _mm256_set1_epi64x(-1)));
 }
 
-// The scalar test four models at a time in double; m may be null (every model allowed).
+// Lanes of ok(e, d) for four models: e < (d < 0 ? hi_p * d : max(lo_m * d, tiny)), tiny the smallest
+// positive double, so for d >= 0 "e < max(lo_m d, tiny)" is "e < lo_m d or e <= 0". The blend picks by d's
+// sign bit: d = -0 (a -0.0 cost) takes the left-side test, which is stricter there (e < -0), so only more rows
+// go to the core. NaN products (lo_m or hi_p infinite, d = 0) give the right answer: max returns tiny (its
+// second operand), and an unordered compare is false. (With denormals flushed to zero tiny reads as 0 and v
+// fails its own lane: every row goes to the core, slower but still exact.)
+inline __m256d ok4(__m256d e, __m256d d, __m256d vlo, __m256d vhi, __m256d tiny) {
+    const __m256d rhs = _mm256_blendv_pd(_mm256_max_pd(_mm256_mul_pd(vlo, d), tiny), _mm256_mul_pd(vhi, d), d);
+    return _mm256_cmp_pd(e, rhs, _CMP_LT_OQ);
+}
+
+// The scalar test four models at a time in double; m may be null (every model allowed). The cheapest and next
+// costs are reduced in T (8 float lanes for float rows).
 template <class T>
 inline bool fixed_vertex(const T* q, const T* c, const std::uint8_t* m, std::int64_t N, std::int32_t v, double lo_m,
                          double hi_p, T& cheapest, T& next) {
     const double qv = static_cast<double>(q[v]), cv = static_cast<double>(c[v]);
     const double inf = std::numeric_limits<double>::infinity();
     const __m256d vqv = _mm256_set1_pd(qv), vcv = _mm256_set1_pd(cv), vlo = _mm256_set1_pd(lo_m),
-                  vhi = _mm256_set1_pd(hi_p), zero = _mm256_setzero_pd(), vinf = _mm256_set1_pd(inf);
-    __m256d good = _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), cheap = vinf, nx = vinf;
-    const std::int64_t body = N - N % 4;
-    for (std::int64_t j = 0; j < body; j += 4) {
-        const __m256d qd = load4(q + j), cd = load4(c + j);
-        const __m256d e = _mm256_sub_pd(qd, vqv), d = _mm256_sub_pd(cd, vcv);
-        const __m256d right = _mm256_cmp_pd(d, zero, _CMP_GT_OQ);
-        const __m256d rhs = _mm256_mul_pd(_mm256_blendv_pd(vhi, vlo, right), d);
-        const __m256d ok = _mm256_or_pd(_mm256_cmp_pd(e, rhs, _CMP_LT_OQ),
-                                        _mm256_and_pd(_mm256_cmp_pd(e, zero, _CMP_LE_OQ), _mm256_cmp_pd(d, zero, _CMP_GE_OQ)));
-        if (m) {
-            const __m256d allowed = allowed4(m + j);
-            good = _mm256_and_pd(good, _mm256_or_pd(ok, _mm256_xor_pd(allowed, _mm256_castsi256_pd(_mm256_set1_epi64x(-1)))));
-            cheap = _mm256_min_pd(cheap, _mm256_blendv_pd(vinf, cd, allowed));
-            nx = _mm256_min_pd(nx, _mm256_blendv_pd(vinf, cd, _mm256_and_pd(allowed, _mm256_cmp_pd(qd, vqv, _CMP_GT_OQ))));
-            continue;
+                  vhi = _mm256_set1_pd(hi_p), vinf = _mm256_set1_pd(inf),
+                  tiny = _mm256_set1_pd(std::numeric_limits<double>::denorm_min());
+    const __m256d ones = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    __m256d good = ones, cheap = vinf, nx = vinf;
+    std::int64_t j = 0;
+    if (!m && std::is_same<T, float>::value) {
+        const __m256 fqv = _mm256_set1_ps(static_cast<float>(q[v])), finf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+        __m256 fcheap = finf, fnx = finf;
+        for (; j + 8 <= N; j += 8) {
+            const __m256 q8 = _mm256_loadu_ps(reinterpret_cast<const float*>(q) + j);
+            const __m256 c8 = _mm256_loadu_ps(reinterpret_cast<const float*>(c) + j);
+            fcheap = _mm256_min_ps(fcheap, c8);
+            fnx = _mm256_min_ps(fnx, _mm256_blendv_ps(finf, c8, _mm256_cmp_ps(q8, fqv, _CMP_GT_OQ)));
+            const __m256d e0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(q8)), vqv);
+            const __m256d e1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(q8, 1)), vqv);
+            const __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(c8)), vcv);
+            const __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(c8, 1)), vcv);
+            good = _mm256_and_pd(good, _mm256_and_pd(ok4(e0, d0, vlo, vhi, tiny), ok4(e1, d1, vlo, vhi, tiny)));
         }
-        good = _mm256_and_pd(good, ok);
-        cheap = _mm256_min_pd(cheap, cd);
-        nx = _mm256_min_pd(nx, _mm256_blendv_pd(vinf, cd, _mm256_cmp_pd(qd, vqv, _CMP_GT_OQ)));
+        // fold the float lanes into the double accumulators (exact: float -> double)
+        cheap = _mm256_min_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fcheap)), _mm256_cvtps_pd(_mm256_extractf128_ps(fcheap, 1)));
+        nx = _mm256_min_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(fnx)), _mm256_cvtps_pd(_mm256_extractf128_ps(fnx, 1)));
+    }
+    for (; j + 4 <= N; j += 4) {
+        const __m256d qd = load4(q + j), cd = load4(c + j);
+        const __m256d ok = ok4(_mm256_sub_pd(qd, vqv), _mm256_sub_pd(cd, vcv), vlo, vhi, tiny);
+        const __m256d allowed = m ? allowed4(m + j) : ones;
+        good = _mm256_and_pd(good, _mm256_or_pd(ok, _mm256_xor_pd(allowed, ones)));
+        cheap = _mm256_min_pd(cheap, _mm256_blendv_pd(vinf, cd, allowed));
+        nx = _mm256_min_pd(nx, _mm256_blendv_pd(vinf, cd, _mm256_and_pd(allowed, _mm256_cmp_pd(qd, vqv, _CMP_GT_OQ))));
     }
     alignas(32) double ch[4], nn[4];
     _mm256_store_pd(ch, cheap);
@@ -93,7 +116,7 @@ inline bool fixed_vertex(const T* q, const T* c, const std::uint8_t* m, std::int
     double cm = std::min(std::min(ch[0], ch[1]), std::min(ch[2], ch[3]));
     double nm = std::min(std::min(nn[0], nn[1]), std::min(nn[2], nn[3]));
     bool all = _mm256_movemask_pd(good) == 0xF;
-    for (std::int64_t j = body; j < N; ++j) {
+    for (; j < N; ++j) {
         if (m && !m[j]) continue;
         const double qj = static_cast<double>(q[j]), cj = static_cast<double>(c[j]);
         const double e = qj - qv, d = cj - cv;
