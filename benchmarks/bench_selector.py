@@ -6,6 +6,8 @@ One group per (mode, n_prompts, n_models), providers side by side:
     numpy         the numpy reference (routoo_fast._reference), same C [P, N]
     floor         one plain C++ pass summing Q and C (the memory-bandwidth floor for a pass over the data)
     floor_costvec the floor reading only Q (+ the [N] vector)
+    cpp_full      budget only: the raw binding forced onto the full path (every prompt's hull + quickselect),
+                  next to cpp, which takes the fast path (sampled bracket + core hulls) from 20000 prompts
     milp          scipy.optimize.milp (HiGHS), budget at 1000 x 16 only (it takes seconds)
     sorted_ref    the python reference budget solver (full sort), budget at 1000 prompts only
 Inputs are float32 Q in [0, 1) and C in [0, 1). extra_info: items (prompts)/s, GB/s of the input bytes, ns per
@@ -48,7 +50,7 @@ def _record(benchmark, group, provider, P, nbytes, **extra):
     _medians[(group, provider)] = median
     info = {"items_per_s": P / median, "GB_per_s": nbytes / median / 1e9, "ns_per_prompt": median / P * 1e9,
             "median_us": median * 1e6, "bytes_read": nbytes}
-    for other in ("floor", "floor_costvec", "numpy", "milp", "sorted_ref"):
+    for other in ("floor", "floor_costvec", "numpy", "milp", "sorted_ref", "cpp_full"):
         if (group, other) in _medians and other != provider:
             info[f"ratio_to_{other}"] = median / _medians[(group, other)]
     info.update(extra)
@@ -100,7 +102,7 @@ def _budget_of(Q, C, fraction=0.3):
     return lo + fraction * (hi - lo)
 
 
-@pytest.mark.parametrize("provider", ["cpp", "cpp_costvec", "sorted_ref", "milp"])
+@pytest.mark.parametrize("provider", ["cpp", "cpp_costvec", "cpp_full", "sorted_ref", "milp"])
 @pytest.mark.parametrize("P,N", BUDGET_SIZES)
 def test_budget(benchmark, P, N, provider):
     if provider == "milp" and (P, N) != (1_000, 16):
@@ -113,9 +115,11 @@ def test_budget(benchmark, P, N, provider):
     group = f"budget P={P} N={N}"
     benchmark.group = group
     extra = {}
-    if provider.startswith("cpp"):
+    if provider in ("cpp", "cpp_costvec"):
         sel = _run(benchmark, functools.partial(S.budget, Q, costs, B), P)
         extra = {"total_quality": sel.total_quality, "lp_bound": sel.lp_bound, "break_gain": sel.break_gain}
+    elif provider == "cpp_full":
+        _run(benchmark, functools.partial(_selector.budget, Q, costs, B, None, fast_min_prompts=2**62), P)
     elif provider == "sorted_ref":
         _run(benchmark, functools.partial(R.budget_reference, Q, costs, B), P)
     else:
