@@ -40,7 +40,7 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
                    help="pool+score backend (default: automatic, or $ROUTOO_BACKEND)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument("--encoder-batch", type=int, default=None, metavar="N",
-                   help="prompts per encoder forward pass (default: the router's; on CPU, 8 suits long prompts)")
+                   help="prompts per encoder forward pass (default: the router's; on CPU, 4 suits 256-token prompts)")
 
 
 def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
