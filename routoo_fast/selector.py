@@ -250,11 +250,8 @@ def budget(Q, C, total_budget, *, allowed=None) -> Selection:
     Q, C, ok = _inputs(Q, C, allowed)
     total_budget = _scalar(total_budget, "total_budget")
     r = _solve_budget(Q, C, ok, total_budget)
-    choice = r["choice"]
-    rows = np.arange(Q.shape[0])
-    quality = Q[rows, choice].astype(np.float64)
-    cost = (C[choice] if C.ndim == 1 else C[rows, choice]).astype(np.float64)
-    return Selection(choice=choice, quality=quality, cost=cost, total_quality=r["total_quality"],
+    # the core writes each prompt's chosen quality and cost; a numpy gather here cost ~50 ms at 1e6 prompts
+    return Selection(choice=r["choice"], quality=r["quality"], cost=r["cost"], total_quality=r["total_quality"],
                      total_cost=r["total_cost"], lambda_star=r["lambda_star"], lp_bound=r["lp_bound"],
                      break_gain=r["break_gain"])
 
