@@ -274,13 +274,22 @@ def costs_for_prompts(prompts: Sequence[str], models: Sequence[str], prices: Pri
     counted by `count_tokens(prompts, tokenizer)`; expected_output: [N] array or {model: tokens})."""
     from .outcomes import count_tokens
 
-    if isinstance(expected_output, Mapping):
-        missing = [m for m in models if m not in expected_output]
-        if missing:
-            raise ValueError(f"expected_output has no entry for models {missing}")
-        expected_output = [expected_output[m] for m in models]
-    eo = np.asarray(expected_output, dtype=np.float64)
-    if eo.shape != (len(models),):
-        raise ValueError(f"expected_output must have shape ({len(models)},), got {eo.shape}")
+    eo = per_model_tokens(expected_output, models, "expected_output")
     pin, pout = prices.per_token(models)
     return call_costs(count_tokens(prompts, tokenizer), pin, pout, eo)
+
+
+def per_model_tokens(values, models: Sequence[str], name: str = "expected_output_tokens") -> np.ndarray:
+    """Per-model token counts as float64 [N] in `models` order, from an [N] array or a {model: tokens} mapping;
+    ValueError naming `name` for a missing model, a wrong shape, or a value that is not finite and >= 0."""
+    if isinstance(values, Mapping):
+        missing = [m for m in models if m not in values]
+        if missing:
+            raise ValueError(f"{name} has no entry for models {missing}")
+        values = [values[m] for m in models]
+    eo = np.asarray(values, dtype=np.float64)
+    if eo.shape != (len(models),):
+        raise ValueError(f"{name} must have shape ({len(models)},), got {eo.shape}")
+    if not np.isfinite(eo).all() or (eo < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0")
+    return eo

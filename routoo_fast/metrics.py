@@ -84,7 +84,6 @@ def expected_calibration_error(y, p, n_bins: int = 10) -> float:
     if p.min() < 0 or p.max() > 1:
         raise ValueError(f"p must be probabilities in [0, 1], got range [{p.min()}, {p.max()}]")
     bin_of = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
-    count = np.bincount(bin_of, minlength=n_bins)
     sum_y = np.bincount(bin_of, weights=y, minlength=n_bins)
     sum_p = np.bincount(bin_of, weights=p, minlength=n_bins)
     # |mean y - mean p| * count / n  ==  |sum y - sum p| / n

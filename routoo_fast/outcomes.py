@@ -26,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -275,8 +275,8 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def _read_jsonl(path: Path, opener=open) -> list[dict]:
-    rows = []
+def _iter_jsonl(path: Path, opener=open) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; ValueError naming file:line for bad JSON or a non-object."""
     with opener(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -287,8 +287,11 @@ def _read_jsonl(path: Path, opener=open) -> list[dict]:
                 raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield line_no, row
+
+
+def _read_jsonl(path: Path, opener=open) -> list[dict]:
+    return [row for _, row in _iter_jsonl(path, opener)]
 
 
 def _field(row: dict, key: str, types, path: Path, line_no: int):
@@ -697,17 +700,8 @@ def _long_rows(path: Path):
                 yield f"{path}:{reader.line_num}", row
     elif suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
         opener = gzip.open if suffix.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-                yield f"{path}:{line_no}", row
+        for line_no, row in _iter_jsonl(path, opener):
+            yield f"{path}:{line_no}", row
     elif suffix == ".parquet":
         import pyarrow.parquet as pq  # lazy: only parquet users need pyarrow
 

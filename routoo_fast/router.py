@@ -15,7 +15,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -57,23 +57,14 @@ class Router:
     """
 
     def __init__(self, predictor, prices, expected_output_tokens, tokenizer=None):
-        from .costs import PriceTable
+        from .costs import PriceTable, per_model_tokens
 
         names = tuple(predictor.model_names)
         if not names:
             raise ValueError("the predictor scores no models")
         if not isinstance(prices, PriceTable):
             raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
-        if isinstance(expected_output_tokens, Mapping):
-            missing = [m for m in names if m not in expected_output_tokens]
-            if missing:
-                raise ValueError(f"expected_output_tokens has no entry for models {missing}")
-            expected_output_tokens = [expected_output_tokens[m] for m in names]
-        eo = np.asarray(expected_output_tokens, dtype=np.float64)
-        if eo.shape != (len(names),):
-            raise ValueError(f"expected_output_tokens must have shape ({len(names)},), got {eo.shape}")
-        if not np.all(np.isfinite(eo)) or (eo < 0).any():
-            raise ValueError("expected_output_tokens must be finite and >= 0")
+        eo = per_model_tokens(expected_output_tokens, names)
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(f"tokenizer must be callable (text -> token ids), got {type(tokenizer).__name__}")
         self.predictor = predictor

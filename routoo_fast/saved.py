@@ -53,17 +53,9 @@ def _price_table(prices, model_names):
 
 
 def _output_tokens(expected_output_tokens, model_names) -> np.ndarray:
-    if isinstance(expected_output_tokens, Mapping):
-        missing = [m for m in model_names if m not in expected_output_tokens]
-        if missing:
-            raise ValueError(f"expected_output_tokens has no entry for models {missing}")
-        expected_output_tokens = [expected_output_tokens[m] for m in model_names]
-    eo = np.asarray(expected_output_tokens, dtype=np.float64)
-    if eo.shape != (len(model_names),):
-        raise ValueError(f"expected_output_tokens must have shape ({len(model_names)},), got {eo.shape}")
-    if not np.isfinite(eo).all() or (eo < 0).any():
-        raise ValueError("expected_output_tokens must be finite and >= 0")
-    return eo
+    from .costs import per_model_tokens
+
+    return per_model_tokens(expected_output_tokens, model_names)
 
 
 def _check_names(model_names) -> list[str]:
