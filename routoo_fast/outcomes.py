@@ -414,22 +414,28 @@ def load_mmlu_pro(path, source: str = "ori_mmlu", tokenizer=None) -> OutcomeTabl
     if source == "ori_mmlu":
         questions = [q for q in questions if q["src"].startswith("ori_mmlu-")]
 
-    ckeys, cmodels, correct = _read_wide_csv(cpath, "question_id", _parse_01)
-    okeys, omodels, chars = _read_wide_csv(opath, "question_id", _parse_count)
-    if omodels != cmodels:
+    ids = [str(q["question_id"]) for q in questions]
+    cmodels, correct, chars = _aligned_outcomes(cpath, opath, "question_id", ids)
+    return _mmlu_pro_table(questions, cmodels, correct, chars, tokenizer)
+
+
+def _aligned_outcomes(cpath: Path, opath: Path, key: str, ids: list[str]):
+    """(models, correctness [P, N], output chars [P, N]) from the wide correctness/output_chars CSVs, rows in
+    `ids` order; ValueError when the model columns, the ids or the missing-entry patterns of the two disagree."""
+    ckeys, models, correct = _read_wide_csv(cpath, key, _parse_01)
+    okeys, omodels, chars = _read_wide_csv(opath, key, _parse_count)
+    if omodels != models:
         raise ValueError(f"{opath}: model columns differ from {cpath}")
     crow = {k: i for i, k in enumerate(ckeys)}
     orow = {k: i for i, k in enumerate(okeys)}
-    ids = [str(q["question_id"]) for q in questions]
     missing = [i for i in ids if i not in crow or i not in orow]
     if missing:
-        raise ValueError(f"{cpath} / {opath}: no row for question_id {missing[:5]} ({len(missing)} missing)")
-    rows_c = [crow[i] for i in ids]
-    rows_o = [orow[i] for i in ids]
-    correct, chars = correct[rows_c], chars[rows_o]
+        raise ValueError(f"{cpath} / {opath}: no row for {key} {missing[:5]} ({len(missing)} missing)")
+    correct = correct[[crow[i] for i in ids]]
+    chars = chars[[orow[i] for i in ids]]
     if not np.array_equal(np.isnan(correct), np.isnan(chars)):
         raise ValueError(f"{opath}: missing entries do not match those of {cpath}")
-    return _mmlu_pro_table(questions, cmodels, correct, chars, tokenizer)
+    return models, correct, chars
 
 
 def load_default(tokenizer=None) -> OutcomeTable:
@@ -649,20 +655,8 @@ def load_zeroeval(path, task: str, tokenizer=None) -> OutcomeTable:
     for line_no, q in enumerate(questions, 1):
         _field(q, "id", (str, int), qpath, line_no)
         _field(q, "question", str, qpath, line_no)
-    ckeys, models, correct = _read_wide_csv(cpath, "id", _parse_01)
-    okeys, omodels, chars = _read_wide_csv(opath, "id", _parse_count)
-    if omodels != models:
-        raise ValueError(f"{opath}: model columns differ from {cpath}")
-    crow = {k: i for i, k in enumerate(ckeys)}
-    orow = {k: i for i, k in enumerate(okeys)}
     ids = [str(q["id"]) for q in questions]
-    missing = [i for i in ids if i not in crow or i not in orow]
-    if missing:
-        raise ValueError(f"{cpath} / {opath}: no row for id {missing[:5]} ({len(missing)} missing)")
-    correct = correct[[crow[i] for i in ids]]
-    chars = chars[[orow[i] for i in ids]]
-    if not np.array_equal(np.isnan(correct), np.isnan(chars)):
-        raise ValueError(f"{opath}: missing entries do not match those of {cpath}")
+    models, correct, chars = _aligned_outcomes(cpath, opath, "id", ids)
     prompts = [q["question"] for q in questions]
     meta = {"id": np.array(ids), "task": np.full(len(ids), task)}
     if all("source" in q for q in questions):

@@ -229,14 +229,17 @@ def tradeoff(Q, C, lam, *, allowed=None) -> Selection:
     return Selection(choice, quality, cost, total_q, total_c, feasible)
 
 
-def _solve_budget(Q, C, ok, total_budget: float) -> dict:
+def _solve_budget(Q, C, ok, total_budget: float, too_small=None) -> dict:
+    """Run the core's budget solve; `too_small(min_total_cost) -> message` words the infeasible-budget error."""
     r = _selector.budget(Q, C, total_budget, ok)
     _check(r["status"], Q, C)
     if r["empty_prompt"] >= 0:
         raise ValueError(f"allowed leaves prompt {r['empty_prompt']} with no model")
     if "choice" not in r:
-        raise ValueError(f"total_budget={total_budget} is below the cheapest possible total cost "
-                         f"{r['min_total_cost']} (every prompt on its cheapest model)")
+        message = (too_small(r["min_total_cost"]) if too_small else
+                   f"total_budget={total_budget} is below the cheapest possible total cost "
+                   f"{r['min_total_cost']} (every prompt on its cheapest model)")
+        raise ValueError(message)
     return r
 
 
@@ -267,13 +270,8 @@ def calibrate_lambda(Q, C, target_mean_cost, *, allowed=None) -> float:
     Q, C, ok = _inputs(Q, C, allowed)
     target = _scalar(target_mean_cost, "target_mean_cost")
     P = Q.shape[0]
-    r = _selector.budget(Q, C, target * P, ok)
-    _check(r["status"], Q, C)
-    if r["empty_prompt"] >= 0:
-        raise ValueError(f"allowed leaves prompt {r['empty_prompt']} with no model")
-    if "choice" not in r:
-        raise ValueError(f"target_mean_cost={target} is below the cheapest possible mean cost "
-                         f"{r['min_total_cost'] / P}")
+    r = _solve_budget(Q, C, ok, target * P, too_small=lambda min_total: (
+        f"target_mean_cost={target} is below the cheapest possible mean cost {min_total / P}"))
     return float(r["lambda_star"])
 
 
