@@ -37,7 +37,10 @@ def test_round_trip(tmp_path, hidden):
     save(tmp_path / "r", head)
     got = load_router(tmp_path / "r")
     x = torch.randn(5, 6)
-    torch.testing.assert_close(got.head(x), head(x), atol=0, rtol=0)
+    for name, p in head.state_dict().items():  # the weights round-trip bit for bit
+        assert torch.equal(got.head.state_dict()[name], p), name
+    # the forward pass: same ops, but MKL/oneDNN may pick kernels by buffer alignment, so fp32 tolerances
+    torch.testing.assert_close(got.head(x), head(x))
     assert got.model_names == NAMES
     assert isinstance(got.prices, PriceTable) and got.prices.get("m-b").output_usd_per_mtok == 3.0
     assert got.expected_output_tokens.tolist() == [10.0, 20.0, 30.0]
