@@ -56,16 +56,32 @@ def test_threads_each_get_their_own_rows(requests):
 
 
 def test_concurrent_callers_share_batches():
-    rec = Recorder(delay=0.02)
-    with MicroBatcher(rec, max_wait=0.05, max_batch_prompts=64) as b:
-        threads = [threading.Thread(target=b, args=([f"p{i}"],)) for i in range(32)]
+    """Requests from 31 threads that queue while the worker is busy share its next pass (gated, not timed)."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated(prompts):
+        entered.set()
+        gate.wait(30)
+        return row_fn(prompts)
+
+    rec = Recorder(fn=gated)
+    with MicroBatcher(rec, max_wait=0.0, max_batch_prompts=64) as b:
+        first = b.submit(["p0"])
+        assert entered.wait(30)  # the worker is inside fn with p0 alone
+        futures = [None] * 31
+
+        def call(i):
+            futures[i] = b.submit([f"p{i + 1}"])
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(31)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    assert sum(rec.sizes) == 32
-    assert len(rec.sizes) < 32, f"no batching happened: {rec.sizes}"
-    assert max(rec.sizes) > 1
+        gate.set()
+        np.testing.assert_array_equal(first.result(30), row_fn(["p0"]))
+        for i, f in enumerate(futures):
+            np.testing.assert_array_equal(f.result(30), row_fn([f"p{i + 1}"]))
+    assert rec.sizes == [1, 31]
 
 
 def test_batch_prompt_limit_respected():
@@ -167,17 +183,35 @@ def test_close_serves_queued_work_then_refuses():
 
 
 def test_asyncio_callers():
-    rec = Recorder(delay=0.005)
+    """40 coroutines that call while the worker is busy share one pass and each get their own rows (gated)."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated(prompts):
+        entered.set()
+        gate.wait(30)
+        return row_fn(prompts)
+
+    rec = Recorder(fn=gated)
 
     async def main(b):
         prompts = [[f"prompt {i}", "x" * i] for i in range(40)]
-        results = await asyncio.gather(*(b.acall(p) for p in prompts))
+        tasks = [asyncio.ensure_future(b.acall(p)) for p in prompts]
+        for _ in range(1000):  # let every task reach its submit
+            if b.queue_depth == 40:
+                break
+            await asyncio.sleep(0)
+        assert b.queue_depth == 40
+        gate.set()
+        results = await asyncio.gather(*tasks)
         for p, r in zip(prompts, results):
             np.testing.assert_array_equal(r, row_fn(p))
 
-    with MicroBatcher(rec, max_wait=0.01) as b:
+    with MicroBatcher(rec, max_wait=0.0, max_batch_prompts=128, max_batch_tokens=10_000) as b:
+        first = b.submit(["warm"])
+        assert entered.wait(30)  # the worker is inside fn with one prompt
         asyncio.run(main(b))
-    assert len(rec.sizes) < 40
+        first.result(30)
+    assert rec.sizes == [1, 80]
 
 
 def test_cancelled_async_caller_does_not_break_others():
