@@ -2,6 +2,7 @@
 
 Fast tests use small slices or synthetic data; the full reproduction (kNN + MF fits, every dataset) is `slow`.
 """
+import dataclasses
 import json
 
 import numpy as np
@@ -99,8 +100,19 @@ def test_evaluate_dataset_on_synthetic_data():
     assert reports[1].model_names == ["a", "b"]
     point = next(n for n in reports[0].notes if n.startswith("val-calibrated point"))
     assert "of its cost" in point
+    # the bars' verdicts follow the numbers: here the signal is strong, so the router matches the best single model
+    # at a small fraction of its cost and gains far more than 3 points (measured 0.04 of the cost, +23 points)
     lines = rp.targets_summary(reports[0])
-    assert len(lines) == 3 and all(("MET" in s) or ("missed" in s) for s in lines)
+    assert len(lines) == 3
+    assert rows["routoo (this package)"]["cost_fraction_to_match_best"] <= 0.2 and lines[0].endswith("-> MET")
+    assert rows["routoo (this package)"]["quality_at_best_cost"] >= reports[0].best.quality[0] + 0.1
+    assert lines[1].endswith("-> MET")
+    ours = rows["routoo (this package)"]["aiq"]
+    beats_baselines = all(ours > r["aiq"] for r in rows.values() if r["kind"] == "baseline")
+    assert lines[2].endswith("-> MET" if beats_baselines else "-> missed")
+    # and the same report read for the random mix misses every bar
+    random_mix = dataclasses.replace(reports[0], router="random mix")
+    assert all(s.endswith("-> missed") for s in rp.targets_summary(random_mix))
 
 
 def test_evaluate_dataset_needs_train_and_test():
@@ -139,8 +151,11 @@ def test_shipped_router_beats_the_random_mix_on_held_out_mmlu_pro():
     C_pred = rp.predicted_costs(sub, saved.prices, saved.expected_output_tokens)[ok]
     pool = evaluate_pool("whole", sub.scores[ok], C_true, sub.models, {"routoo": q}, C_pred=C_pred, budgets=False)
     rows = {r["router"]: r for r in pool.rows()}
-    assert rows["routoo"]["aiq"] > rows["random mix"]["aiq"]
-    assert rows["routoo"]["quality_at_best_cost"] > pool.best.quality[0]
+    # bars with margin (measured on 1,257 held-out prompts: AIQ 0.698 vs 0.675, 72.2 % vs 70.0 % at the best
+    # model's cost, its quality reached at 0.61 of its cost); fp rounding across machines moves these by ~1e-7
+    assert rows["routoo"]["aiq"] > rows["random mix"]["aiq"] + 0.01
+    assert rows["routoo"]["quality_at_best_cost"] > pool.best.quality[0] + 0.01
+    assert rows["routoo"]["cost_fraction_to_match_best"] < 0.8
 
 
 @pytest.mark.slow
