@@ -1,5 +1,6 @@
-"""MicroBatcher: every caller gets exactly its own rows, batches really form, errors reach every caller,
-the queue is bounded, and shutdown finishes queued work. The reference is calling `fn` on each request alone."""
+"""MicroBatcher: every caller gets exactly its own rows, batches really form, a failing request fails alone,
+big requests are split without starving small ones, the queue is bounded, and shutdown finishes queued work.
+The reference is calling `fn` on each request alone. Orderings are forced with events, never with timings."""
 import asyncio
 import threading
 import time
@@ -20,10 +21,11 @@ class Recorder:
     """Wraps a fn and records the size of every call (thread-safe: only the worker thread calls it)."""
 
     def __init__(self, fn=row_fn, delay=0.0):
-        self.fn, self.delay, self.sizes = fn, delay, []
+        self.fn, self.delay, self.sizes, self.calls = fn, delay, [], []
 
     def __call__(self, prompts):
         self.sizes.append(len(prompts))
+        self.calls.append(list(prompts))
         if self.delay:
             time.sleep(self.delay)
         return self.fn(prompts)
@@ -40,7 +42,7 @@ def test_single_call_matches_direct():
 def test_threads_each_get_their_own_rows(requests):
     rec = Recorder(delay=0.001)
     results = [None] * len(requests)
-    with MicroBatcher(rec, max_wait=0.005, max_batch_prompts=16) as b:
+    with MicroBatcher(rec, max_wait=0.005, max_batch_prompts=3, max_batch_tokens=6) as b:
         def call(i):
             results[i] = b(requests[i])
         threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
@@ -51,8 +53,8 @@ def test_threads_each_get_their_own_rows(requests):
     for req, got in zip(requests, results):
         np.testing.assert_array_equal(got, row_fn(req))
     assert sum(rec.sizes) == sum(map(len, requests))
-    # a request larger than max_batch_prompts is never split, and nothing else joins a full batch
-    assert all(s <= 16 or s in {len(r) for r in requests} for s in rec.sizes)
+    # requests larger than a pass are split: no pass is over either budget (a lone prompt may pass the tokens)
+    assert all(len(c) <= 3 and (len(c) == 1 or sum(map(approx_tokens, c)) <= 6) for c in rec.calls)
 
 
 def test_concurrent_callers_share_batches():
@@ -125,18 +127,55 @@ def test_max_wait_holds_the_batch_open_for_company():
     np.testing.assert_array_equal(futures[1].result(), row_fn(["second", "third"]))
 
 
-def test_exception_reaches_every_caller_and_worker_survives():
+def test_failing_request_fails_alone_and_worker_survives():
+    """One bad prompt in a shared pass: its request gets the exception, its neighbours their rows."""
+    started, gate = threading.Event(), threading.Event()
+
     def failing(prompts):
+        if prompts == ["first"]:  # holds the worker until the others are queued, so they share the next pass
+            started.set()
+            gate.wait(5)
         if any(p == "boom" for p in prompts):
             raise ValueError("bad prompt in batch")
         return row_fn(prompts)
 
-    with MicroBatcher(failing, max_wait=0.05) as b:
-        futures = [b.submit(["boom"]), b.submit(["ok"]), b.submit(["fine"])]
+    rec = Recorder(failing)
+    with MicroBatcher(rec, max_wait=0.0) as b:
+        first = b.submit(["first"])
+        assert started.wait(5)
+        futures = [b.submit(["ok", "also ok"]), b.submit(["boom"]), b.submit(["fine"])]
+        gate.set()
+        with pytest.raises(ValueError, match="bad prompt"):
+            futures[1].result(5)
+        np.testing.assert_array_equal(futures[0].result(5), row_fn(["ok", "also ok"]))
+        np.testing.assert_array_equal(futures[2].result(5), row_fn(["fine"]))
+        np.testing.assert_array_equal(first.result(5), row_fn(["first"]))
+        np.testing.assert_array_equal(b(["after"], timeout=5), row_fn(["after"]))
+        stats = b.stats()
+    # the shared pass really formed and failed, then each request ran alone
+    assert rec.calls[1] == ["ok", "also ok", "boom", "fine"]
+    assert rec.calls[2:5] == [["ok", "also ok"], ["boom"], ["fine"]]
+    assert stats["failed_passes"] == 2 and stats["failed_requests"] == 1
+
+
+def test_fn_that_always_fails_reaches_every_caller():
+    started, gate = threading.Event(), threading.Event()
+
+    def broken(prompts):
+        if prompts == ["first"]:
+            started.set()
+            gate.wait(5)
+        raise RuntimeError("predictor is down")
+
+    with MicroBatcher(broken, max_wait=0.0) as b:
+        futures = [b.submit(["first"])]
+        assert started.wait(5)
+        futures += [b.submit([f"p{i}"]) for i in range(3)]
+        gate.set()
         for f in futures:
-            with pytest.raises(ValueError, match="bad prompt"):
+            with pytest.raises(RuntimeError, match="predictor is down"):
                 f.result(5)
-        np.testing.assert_array_equal(b(["after"]), row_fn(["after"]))
+        assert b.stats()["failed_requests"] == 4
 
 
 def test_wrong_row_count_is_an_error_not_a_silent_misassignment():
@@ -262,3 +301,113 @@ def test_empty_submit_rejected():
 def test_approx_tokens():
     assert approx_tokens("") == 1
     assert approx_tokens("abcd" * 10) == 10
+
+
+def test_big_request_is_split_and_a_short_one_is_answered_in_between():
+    """A request of 12 prompts with 4 per pass takes 3 passes; a short request that arrives during the first one
+    is answered before the big one's last chunk is even computed (the last chunk is held on an event)."""
+    started, gate, last_chunk = threading.Event(), threading.Event(), threading.Event()
+    big_prompts = [f"big {i}" for i in range(12)]
+
+    def fn(prompts):
+        if prompts[0] == "big 0":
+            started.set()
+            gate.wait(5)
+        if "big 11" in prompts:
+            last_chunk.wait(5)
+        return row_fn(prompts)
+
+    rec = Recorder(fn)
+    with MicroBatcher(rec, max_wait=0.0, max_batch_prompts=4, max_batch_tokens=None) as b:
+        big = b.submit(big_prompts)
+        assert started.wait(5)
+        short = b.submit(["short"])
+        gate.set()
+        np.testing.assert_array_equal(short.result(5), row_fn(["short"]))
+        assert not big.done()  # the big request is still being processed while the short one has its answer
+        last_chunk.set()
+        np.testing.assert_array_equal(big.result(5), row_fn(big_prompts))
+    assert rec.calls[0] == big_prompts[:4]
+    assert rec.calls[1] == ["short"] + big_prompts[4:7]  # the short request goes first; the big one fills the pass
+    assert rec.calls[2:] == [big_prompts[7:11], big_prompts[11:]]
+
+
+def test_big_request_split_by_the_token_budget():
+    rec = Recorder()
+    prompts = [f"{i:02d}" + "x" * 38 for i in range(12)]  # 10 estimated tokens each
+    with MicroBatcher(rec, max_wait=0.0, max_batch_tokens=30, max_batch_prompts=100) as b:
+        np.testing.assert_array_equal(b(prompts, timeout=5), row_fn(prompts))
+    assert rec.sizes == [3, 3, 3, 3]
+
+
+def test_prompt_over_the_token_budget_runs_alone():
+    started, gate = threading.Event(), threading.Event()
+
+    def fn(prompts):
+        if prompts == ["first"]:
+            started.set()
+            gate.wait(5)
+        return row_fn(prompts)
+
+    rec = Recorder(fn)
+    with MicroBatcher(rec, max_wait=0.0, max_batch_tokens=30) as b:
+        first = b.submit(["first"])
+        assert started.wait(5)
+        huge, small = b.submit(["y" * 400]), b.submit(["z"])  # 100 estimated tokens: over the budget alone
+        gate.set()
+        for f, p in ((first, "first"), (huge, "y" * 400), (small, "z")):
+            np.testing.assert_array_equal(f.result(5), row_fn([p]))
+    assert rec.calls[1:] == [["y" * 400], ["z"]]
+
+
+def test_request_that_fits_a_pass_is_never_split():
+    started, gate = threading.Event(), threading.Event()
+
+    def fn(prompts):
+        if prompts == ["first"]:
+            started.set()
+            gate.wait(5)
+        return row_fn(prompts)
+
+    rec = Recorder(fn)
+    with MicroBatcher(rec, max_wait=0.0, max_batch_prompts=4, max_batch_tokens=None) as b:
+        first = b.submit(["first"])
+        assert started.wait(5)
+        a, c = b.submit(["a1", "a2", "a3"]), b.submit(["c1", "c2", "c3"])
+        gate.set()
+        np.testing.assert_array_equal(a.result(5), row_fn(["a1", "a2", "a3"]))
+        np.testing.assert_array_equal(c.result(5), row_fn(["c1", "c2", "c3"]))
+        first.result(5)
+    assert rec.calls[1:] == [["a1", "a2", "a3"], ["c1", "c2", "c3"]]
+
+
+def test_cancelled_big_request_stops_taking_passes():
+    started, gate = threading.Event(), threading.Event()
+
+    def fn(prompts):
+        if prompts[0] == "big 0":
+            started.set()
+            gate.wait(5)
+        return row_fn(prompts)
+
+    rec = Recorder(fn)
+    with MicroBatcher(rec, max_wait=0.0, max_batch_prompts=2, max_batch_tokens=None) as b:
+        big = b.submit([f"big {i}" for i in range(10)])
+        assert started.wait(5)
+        assert big.cancel()  # still pending between chunks, so it can be cancelled
+        gate.set()
+        np.testing.assert_array_equal(b(["after"], timeout=5), row_fn(["after"]))
+    assert rec.calls == [["big 0", "big 1"], ["after"]]
+
+
+def test_stats_histograms_count_every_pass():
+    rec = Recorder()
+    with MicroBatcher(rec, max_wait=0.0, max_batch_prompts=3, max_queue=7) as b:
+        b(["a"], timeout=5)
+        b(["b", "c", "d", "e"], timeout=5)  # two passes: 3 + 1
+        stats = b.stats()
+    assert stats["passes"] == 3 and stats["prompts"] == 5 and stats["queue_capacity"] == 7
+    hist = stats["pass_prompts"]
+    assert hist["count"] == 3 and hist["sum"] == 5
+    assert dict(hist["buckets"])[1] == 2 and dict(hist["buckets"])[4] == 3  # cumulative: two passes of 1, one of 3
+    assert stats["pass_seconds"]["count"] == 3 and stats["pass_seconds"]["sum"] >= 0
