@@ -231,4 +231,5 @@ PYBIND11_MODULE(_selector, m) {
           "per-prompt upper hull edges -> dict");
     m.def("_memory_floor", &memory_floor, py::arg("Q"), py::arg("C"),
           "benchmark floor: one plain pass summing Q and C");
+    m.attr("BUDGET_REL_SLACK") = routoo::kBudgetRelSlack;
 }

@@ -113,6 +113,9 @@ def hull_edges_reference(Q, C, allowed=None):
     return hulls, edges
 
 
+BUDGET_REL_SLACK = 1e-9  # written out, not imported: the oracle states the rule independently of the core
+
+
 def budget_reference(Q, C, total_budget, allowed=None):
     """The same LP + round-down + greedy fill as the C++ solver, with a full sort instead of quickselect.
 
@@ -122,9 +125,10 @@ def budget_reference(Q, C, total_budget, allowed=None):
     P = Q.shape[0]
     level = [0] * P
     base = sum(float(Cf[i, h[0]]) for i, h in enumerate(hulls))
-    if total_budget < base:
+    # the core's rule: a budget within BUDGET_REL_SLACK below the cheapest total is that total
+    if total_budget < base * (1.0 - BUDGET_REL_SLACK):
         raise ValueError("total_budget below the cheapest possible total")
-    residual = total_budget - base
+    residual = max(total_budget - base, 0.0)
     lam, gain, frac_q, t = 0.0, 0.0, 0.0, len(edges)
     for k, (slope, dc, dq, i, pos) in enumerate(edges):
         if dc > residual:

@@ -28,11 +28,13 @@ import numpy as np
 from routoo_fast import _selector
 
 __all__ = ["Selection", "Frontier", "max_quality", "min_cost", "tradeoff", "budget", "calibrate_lambda", "frontier",
-           "select", "MODES"]
+           "select", "MODES", "BUDGET_REL_SLACK"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _FLOAT_TYPES = (_F32, _F64)
 _STATUS_NEGATIVE_COST = 2  # routoo::Status in csrc/include/routoo/per_prompt.hpp (1 = non-finite)
+# A total_budget at most this fraction below the cheapest total counts as the cheapest total (see budget()).
+BUDGET_REL_SLACK: float = _selector.BUDGET_REL_SLACK
 
 
 @dataclass(slots=True)
@@ -249,6 +251,13 @@ def budget(Q, C, total_budget, *, allowed=None) -> Selection:
     Solved through its LP relaxation: per-prompt upper convex hulls, the break slope lambda* by weighted
     quickselect over hull edges (expected linear time), the fractional prompt rounded down, the leftover budget
     filled greedily. Always feasible; total_quality >= lp_bound - break_gain (within one hull edge of optimal).
+
+    At the cheapest total (every prompt on its cheapest allowed model): a total_budget down to
+    BUDGET_REL_SLACK (1e-9) relative below it is treated as exactly that total, and gets every prompt's cheapest
+    model (total_cost may then exceed total_budget by at most that fraction). Summing the per-prompt minima in
+    another order (numpy's pairwise sum, mean * n_prompts) moves the total by rounding only, well within the
+    slack, so a budget computed that way is never refused. Any budget lower than that raises ValueError
+    ("total_budget=... is below the cheapest possible total cost ...").
     """
     Q, C, ok = _inputs(Q, C, allowed)
     total_budget = _scalar(total_budget, "total_budget")

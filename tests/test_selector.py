@@ -1,5 +1,7 @@
 """routoo_fast.selector against its references: exact equality for the per-prompt modes, brute force and
 scipy milp (HiGHS) for the batch budget, and a ValueError/TypeError for every kind of bad input."""
+import math
+
 import numpy as np
 import pytest
 
@@ -100,7 +102,9 @@ def test_min_cost_equals_reference(P, N, dtype, broadcast):
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.9, 1.2])
 def test_budget_equals_sorted_reference(P, N, grid, dtype, fraction):
     Q, C = make(P, N, dtype, seed=P + N, grid=grid)
-    lo = C.astype(np.float64).min(1).sum()
+    # the cheapest total correctly rounded (math.fsum: no dependence on numpy's summation order); the solver and the
+    # reference sum in prompt order, a few ulps away, and both treat a budget that close as the cheapest total
+    lo = math.fsum(C.astype(np.float64).min(1))
     hi = C.astype(np.float64)[np.arange(P), R.max_quality_reference(Q, C)[0]].sum()
     B = lo + fraction * max(hi - lo, 0.0)
     got = S.budget(Q, C, B)
@@ -112,6 +116,35 @@ def test_budget_equals_sorted_reference(P, N, grid, dtype, fraction):
     assert got.total_cost <= B * (1 + 1e-12) + 1e-12
     assert got.total_quality <= got.lp_bound + 1e-9
     np.testing.assert_array_equal(got.quality, Q[np.arange(P), got.choice].astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("P", [1, 300, 20_000])  # 20,000 prompts: the fast path answers
+def test_budget_at_the_cheapest_total(P, dtype):
+    """A budget down to BUDGET_REL_SLACK below the cheapest total is that total: every prompt on its cheapest model,
+    in the solver and in the reference alike; one a bit further below is refused by both."""
+    assert S.BUDGET_REL_SLACK == R.BUDGET_REL_SLACK == 1e-9
+    Q, C = make(P, 16, dtype, seed=P)
+    cheapest = C.argmin(1)  # continuous random costs: no ties
+    exact = math.fsum(C.astype(np.float64).min(1))
+    ulps_below = exact
+    for _ in range(4):
+        ulps_below = np.nextafter(ulps_below, 0.0)
+    budgets = [exact, float(C.astype(np.float64).min(1).sum()), float(C.min(1).mean(dtype=np.float64) * P),
+               ulps_below, exact * (1 - 0.5 * S.BUDGET_REL_SLACK)]
+    for B in budgets:
+        got = S.budget(Q, C, B)
+        np.testing.assert_array_equal(got.choice, cheapest)
+        assert got.total_cost <= B * (1 + S.BUDGET_REL_SLACK)
+        assert got.total_quality == pytest.approx(Q[np.arange(P), cheapest].astype(np.float64).sum(), rel=1e-12)
+        if P <= 300:
+            np.testing.assert_array_equal(R.budget_reference(Q, C, B)["choice"], cheapest)
+    too_low = exact * (1 - 2 * S.BUDGET_REL_SLACK)
+    with pytest.raises(ValueError, match="total_budget=.* is below the cheapest possible total"):
+        S.budget(Q, C, too_low)
+    if P <= 300:
+        with pytest.raises(ValueError, match="below the cheapest possible total"):
+            R.budget_reference(Q, C, too_low)
 
 
 @pytest.mark.parametrize("seed", range(25))

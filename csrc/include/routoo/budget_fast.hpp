@@ -107,11 +107,18 @@ struct BudgetWork {
     }
 };
 
+// A budget at most this fraction below the cheapest total (every prompt on its cheapest model) counts as that total:
+// it gets every prompt's cheapest model, and total_cost may exceed it by that much. How a caller sums the minima
+// (numpy's pairwise sum, mean * n_prompts, another order) moves the total by rounding only: at most (P - 1) u relative
+// for P prompts (u = 2^-53), under 1e-9 up to ~9e6 prompts. Any lower budget is refused. The reference
+// (routoo_fast/_reference.py) applies the same rule.
+inline constexpr double kBudgetRelSlack = 1e-9;
+
 namespace detail {
 
-// a budget below the cheapest total is refused, with a relative 1e-12 slack: a budget computed as
-// mean * n_prompts may round just below the exact cheapest sum
-inline bool budget_too_small(double budget, double min_total_cost) { return budget < min_total_cost * (1.0 - 1e-12); }
+inline bool budget_too_small(double budget, double min_total_cost) {
+    return budget < min_total_cost * (1.0 - kBudgetRelSlack);
+}
 
 template <class T>
 BudgetOutcome budget_full(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64_t N, double budget,
@@ -279,7 +286,7 @@ bool budget_in_bracket(Rows<T> Q, Rows<T> C, Mask ok, std::int64_t P, std::int64
     double residual = budget - start_cost;
     if (residual < 0) {
         // with hi = inf every prompt starts on its cheapest model, start_cost is min_total_cost summed the same
-        // way, and solve_budget's clamp applies (a budget within the 1e-12 slack below the cheapest total)
+        // way, and solve_budget's clamp applies (a budget within kBudgetRelSlack below the cheapest total)
         if (!std::isinf(hi)) return false;  // the break is steeper than hi
         residual = 0;
     }
