@@ -5,7 +5,7 @@ Portable -O3 by default. Set ROUTOO_NATIVE=1 to add -march=native for a machine-
 import os
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # -ffp-contract=off: no fused multiply-adds, so results stay bit-identical to the numpy reference
 # even when ROUTOO_NATIVE=1 enables FMA instructions.
@@ -27,7 +27,8 @@ ext_modules = [
 setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
-    packages=["routoo_fast", "routoo_fast.kernels"],
+    # the subpackages of routoo_fast (data, train, evaluation, ...) are found; kernels/ installs as routoo_fast.kernels
+    packages=find_packages(include=["routoo_fast", "routoo_fast.*"]) + ["routoo_fast.kernels"],
     package_dir={"routoo_fast": "routoo_fast", "routoo_fast.kernels": "kernels"},
     package_data={"routoo_fast": ["assets/*", "assets/**/*"]},
     include_package_data=True,

@@ -10,8 +10,8 @@ extra_info: held-out prompts, prompts scored per second (prompts x operating poi
 import numpy as np
 import pytest
 
-from routoo_fast import evaluate as ev
-from routoo_fast import reproduce as rp
+from routoo_fast import evaluation as ev
+from routoo_fast.evaluation import reproduce as rp
 
 
 @pytest.fixture(scope="module")

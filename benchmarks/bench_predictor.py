@@ -25,7 +25,7 @@ ROUNDS = 5  # batch-64 rounds: each is seconds on a CPU
 
 
 def _prompts(n):
-    from routoo_fast.outcomes import format_mcq
+    from routoo_fast.data import format_mcq
 
     prompts = []
     with open(QUESTIONS) as f:

@@ -23,7 +23,7 @@ def router_and_prompts():
         pytest.skip("the shipped default router is not built")
     import torch
 
-    from routoo_fast.outcomes import load_default
+    from routoo_fast.data import load_default
     from routoo_fast.router import Router
 
     torch.set_num_threads(int(os.environ.get("ROUTOO_BENCH_THREADS", "1")))

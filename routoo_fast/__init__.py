@@ -21,7 +21,7 @@ _LAZY = {
     "Encoder": "routoo_fast.encoder",
     "ScoringHead": "routoo_fast.head",
     "Predictor": "routoo_fast.predictor",
-    "OutcomeTable": "routoo_fast.outcomes",
+    "OutcomeTable": "routoo_fast.data.table",
     "PriceTable": "routoo_fast.costs",
     "Router": "routoo_fast.router",
 }

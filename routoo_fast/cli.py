@@ -238,7 +238,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training import train_and_save
+    from .train.pipeline import train_and_save
 
     if args.epochs is not None:
         _check_positive("--epochs", args.epochs)
@@ -249,7 +249,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .reproduce import DATASETS, reproduce
+    from .evaluation.reproduce import DATASETS, reproduce
 
     datasets = "all" if args.datasets == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [] if datasets == "all" else [d for d in datasets if d not in DATASETS]

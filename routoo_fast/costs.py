@@ -19,17 +19,39 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ._atomic import atomic_write_text
 
 __all__ = ["ModelPrice", "PriceTable", "expected_cost", "expected_output_tokens", "call_costs", "costs_for_prompts",
-           "DEFAULT_PRICES"]
+           "DEFAULT_PRICES", "CHARS_PER_TOKEN", "prompt_tokens", "estimate_tokens", "count_tokens"]
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "assets" / "prices.csv"
 COLUMNS = ("model", "input_usd_per_mtok", "output_usd_per_mtok", "open_weights", "source")
+CHARS_PER_TOKEN = 4.0
+
+
+# ------------------------------------------------------------------------------------------ the token counter
+def prompt_tokens(text: str) -> int:
+    """Tokenizer-free token estimate of one text: ceil(len(text) / 4) (about 4 characters per token of English
+    BPE vocabularies). The one estimate of the package: costs, the data loaders and the micro-batcher use it."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def estimate_tokens(texts: Sequence[str]) -> np.ndarray:
+    """`prompt_tokens` of each text -> int32 [B]."""
+    return np.array([prompt_tokens(t) for t in texts], dtype=np.int32)
+
+
+def count_tokens(texts: Sequence[str], tokenizer: Callable[[str], Sequence[int]] | None = None) -> np.ndarray:
+    """Token counts int32 [B]: len(tokenizer(text)) if a tokenizer is given, else `estimate_tokens`."""
+    if tokenizer is None:
+        return estimate_tokens(texts)
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be callable (text -> token ids), got {type(tokenizer).__name__}")
+    return np.array([len(tokenizer(t)) for t in texts], dtype=np.int32)
 
 
 def _check_price(value, what: str) -> float:
@@ -233,8 +255,6 @@ def expected_cost(table, prices: PriceTable, output_tokens=None) -> np.ndarray:
     `expected_output_tokens(table)`. input tokens: table.input_tokens, else ceil(chars / 4) of each prompt.
     A model with no price, or needing an output-length estimate it does not have, raises ValueError naming it.
     """
-    from .outcomes import estimate_tokens  # local: outcomes imports nothing from here, keep it that way
-
     if not isinstance(prices, PriceTable):
         raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
     P, N = table.n_prompts, table.n_models
@@ -272,8 +292,6 @@ def costs_for_prompts(prompts: Sequence[str], models: Sequence[str], prices: Pri
                       tokenizer=None) -> np.ndarray:
     """Expected USD per call of each of `models` on new `prompts` -> float64 [B, N] (`call_costs` with input tokens
     counted by `count_tokens(prompts, tokenizer)`; expected_output: [N] array or {model: tokens})."""
-    from .outcomes import count_tokens
-
     eo = per_model_tokens(expected_output, models, "expected_output")
     pin, pout = prices.per_token(models)
     return call_costs(count_tokens(prompts, tokenizer), pin, pout, eo)

@@ -174,7 +174,7 @@ class Encoder:
             with torch.inference_mode():
                 out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=attention)
             hidden = out.last_hidden_state
-            yield hidden, self._pooling_mask(attention), index
+            yield hidden, self.pooling_mask(attention), index
 
     def _buckets(self, sorted_lengths, order) -> Iterator[np.ndarray]:
         """Cut the length-sorted prompts into batches of at most batch_size prompts and, beyond the first prompt,
@@ -189,7 +189,9 @@ class Encoder:
                 yield order[start:end]
                 start = end
 
-    def _pooling_mask(self, attention):
+    def pooling_mask(self, attention):
+        """The pooling mask [b, T] for an attention mask: the mask itself for "mean", one-hot at the last real token
+        for "last" (the fine-tuning path pools through it too)."""
         if self.pooling == "mean":
             return attention
         import torch

@@ -125,7 +125,7 @@ class Router:
         return self._costs(prompts)
 
     def _costs(self, prompts: list[str]) -> np.ndarray:
-        from .outcomes import count_tokens  # the same token count the training costs used
+        from .costs import count_tokens  # the one token counter, also used for the training costs
 
         tokens = count_tokens(prompts, self.tokenizer).astype(np.float64)
         return tokens[:, None] * self._price_in[None, :] + self._output_cost[None, :]

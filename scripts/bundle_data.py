@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from routoo_fast._atomic import atomic_write_bytes
-from routoo_fast.outcomes import BUNDLE_OUTCOMES, BUNDLE_QUESTIONS, load_mmlu_pro, shared_data_dir
+from routoo_fast.data import BUNDLE_OUTCOMES, BUNDLE_QUESTIONS, load_mmlu_pro, shared_data_dir
 
 
 def build_bundle(src: Path, out: Path) -> list[Path]:

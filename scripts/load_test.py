@@ -41,7 +41,7 @@ class LoadResult:
 
 def sample_prompts(n: int, seed: int = 0) -> list[str]:
     """`n` real prompts (bundled MMLU questions with options), sampled with a fixed seed."""
-    from routoo_fast.outcomes import load_default
+    from routoo_fast.data import load_default
 
     prompts = load_default().prompts
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@
 1. Encode the bundled prompts (original-MMLU part of MMLU-Pro, 6,810) with the shipped MiniLM, or take them from
    `--encodings` (an .npz with `emb` [P, D] in load_default() order, checked against a fresh encoding of a sample),
    and write them as float16 to routoo_fast/assets/encodings/ (the reproduction loads them instead of encoding).
-2. Fit the head with the shipped recipe (routoo_fast.recipe) on the train split of split_by_hash, early-stopped on
+2. Fit the head with the shipped recipe (routoo_fast.train.recipe) on the train split of split_by_hash, early-stopped on
    the val split; the test split is never touched, so the reproduction can score this router on it.
    The features used are the float16-rounded ones that are shipped, so the evaluation sees exactly them.
 3. Save with saved.save_router: prices from assets/prices.csv, expected output tokens = each model's mean on the
@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-from routoo_fast import outcomes
+from routoo_fast import data as outcomes
 from routoo_fast.costs import PriceTable
 from routoo_fast.encoder import Encoder
-from routoo_fast.recipe import Recipe, fit_recipe_head
-from routoo_fast.reproduce import SHIPPED_ENCODINGS, mean_output_tokens, save_shipped_encodings
+from routoo_fast.train.recipe import Recipe, fit_recipe_head
+from routoo_fast.evaluation.reproduce import SHIPPED_ENCODINGS, mean_output_tokens, save_shipped_encodings
 from routoo_fast.router import DEFAULT_ROUTER
 from routoo_fast.saved import save_router
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     print(f"head trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     eo = mean_output_tokens(table, tr)
     prices = PriceTable.load()
-    meta = {"data": "bundled MMLU-Pro original-MMLU part (routoo_fast.outcomes.load_default)",
+    meta = {"data": "bundled MMLU-Pro original-MMLU part (routoo_fast.data.load_default)",
             "split": "split_by_hash(prompts), fractions (0.7, 0.1, 0.2); trained on train, early-stopped on val",
             "split_sizes": {s: int((split == s).sum()) for s in ("train", "val", "test")},
             "recipe": recipe.to_dict(), "script": "scripts/train_default.py"}

@@ -5,11 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from routoo_fast.add_model import add_model, extend_head, fit_logistic, fit_new_model
+from routoo_fast.train.add_model import add_model, extend_head, fit_logistic, fit_new_model
 from routoo_fast.head import ScoringHead
-from routoo_fast.metrics import roc_auc
+from routoo_fast.train.metrics import roc_auc
 from routoo_fast.saved import load_router, save_router
-from routoo_fast.training import TrainConfig, train_head
+from routoo_fast.train.fit import TrainConfig, train_head
 
 
 def penalised_loss(Z, y, l2, e0, e, c):
@@ -147,8 +147,8 @@ def test_hold_one_out_and_add_back_bundled_data(held_out):
     Needs the bundled prompts encoded (minutes the first time, then cached in ROUTOO_CACHE_DIR).
     """
     from routoo_fast.encoder import Encoder
-    from routoo_fast.encoding_cache import encode_cached
-    from routoo_fast.outcomes import load_default, split_by_hash
+    from routoo_fast.data.encoding_cache import encode_cached
+    from routoo_fast.data import load_default, split_by_hash
 
     table = load_default()
     x = encode_cached(Encoder(), table.prompts, progress=False)

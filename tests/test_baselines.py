@@ -1,11 +1,11 @@
-"""routoo_fast.baselines: single models, random mix, oracle, kNN router, RouteLLM-style MF router."""
+"""routoo_fast.evaluation.baselines: single models, random mix, oracle, kNN router, RouteLLM-style MF router."""
 import numpy as np
 import pytest
 
-from routoo_fast import baselines as bl
-from routoo_fast import evaluate as ev
-from routoo_fast.knn import KNNPredictor
-from routoo_fast.metrics import roc_auc
+from routoo_fast.evaluation import baselines as bl
+from routoo_fast import evaluation as ev
+from routoo_fast.train.knn import KNNPredictor
+from routoo_fast.train.metrics import roc_auc
 
 
 def _data(P=60, N=3, seed=0):

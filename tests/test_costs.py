@@ -19,7 +19,7 @@ from routoo_fast.costs import (
     expected_cost,
     expected_output_tokens,
 )
-from routoo_fast.outcomes import OutcomeTable, load_default, load_routerbench, load_zeroeval
+from routoo_fast.data import OutcomeTable, load_default, load_routerbench, load_zeroeval
 
 # real data: $ROUTOO_SHARED_DATA, else ../shared/data relative to the repository root (where CI puts it)
 SHARED = Path(os.environ.get("ROUTOO_SHARED_DATA") or Path(__file__).resolve().parent.parent.parent / "shared" / "data")

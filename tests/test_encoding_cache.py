@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from routoo_fast import encoding_cache
-from routoo_fast.encoding_cache import add_to_cache, encode_cached, import_encodings, load_cache
+from routoo_fast.data import encoding_cache
+from routoo_fast.data.encoding_cache import add_to_cache, encode_cached, import_encodings, load_cache
 
 
 class CountingEncoder:

@@ -1,4 +1,4 @@
-"""routoo_fast.evaluate: curves scored with true outcomes, hull/AIQ against brute force, APGR/CPT, reports."""
+"""routoo_fast.evaluation: curves scored with true outcomes, hull/AIQ against brute force, APGR/CPT, reports."""
 import json
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routoo_fast import evaluate as ev
+from routoo_fast import evaluation as ev
 
 
 # ---------------------------------------------------------------------------------------------- references

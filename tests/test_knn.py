@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routoo_fast.knn import KNNPredictor
+from routoo_fast.train.knn import KNNPredictor
 
 
 def knn_reference(train_x, train_y, query_x, k):

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata
 
-from routoo_fast.metrics import (
+from routoo_fast.train.metrics import (
     average_ranks,
     brier,
     evaluate_predictions,

@@ -10,12 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routoo_fast.outcomes import (
+from routoo_fast.data import (
     BUNDLE_OUTCOMES,
     BUNDLE_QUESTIONS,
     OutcomeTable,
-    count_tokens,
-    estimate_tokens,
     format_mcq,
     load_default,
     load_long,
@@ -26,6 +24,7 @@ from routoo_fast.outcomes import (
     shared_data_dir,
     split_by_hash,
 )
+from routoo_fast.costs import count_tokens, estimate_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 # real data: $ROUTOO_SHARED_DATA, else ../shared/data relative to the repository root (where CI puts it)

@@ -1,9 +1,9 @@
-"""routoo_fast.recipe: soft targets, folding an ensemble and a logit shrinkage into one ScoringHead."""
+"""routoo_fast.train.recipe: soft targets, folding an ensemble and a logit shrinkage into one ScoringHead."""
 import numpy as np
 import pytest
 import torch
 
-from routoo_fast import recipe as rc
+from routoo_fast.train import recipe as rc
 from routoo_fast.head import ScoringHead
 
 

@@ -1,4 +1,4 @@
-"""routoo_fast.reproduce: shipped encodings, true vs predicted costs, dataset evaluation, the shipped router.
+"""routoo_fast.evaluation.reproduce: shipped encodings, true vs predicted costs, dataset evaluation, the shipped router.
 
 Fast tests use small slices or synthetic data; the full reproduction (kNN + MF fits, every dataset) is `slow`.
 """
@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from routoo_fast import reproduce as rp
+from routoo_fast.evaluation import reproduce as rp
 from routoo_fast.costs import ModelPrice, PriceTable
-from routoo_fast.outcomes import OutcomeTable, load_default
-from routoo_fast.recipe import Recipe
+from routoo_fast.data import OutcomeTable, load_default
+from routoo_fast.train.recipe import Recipe
 from routoo_fast.router import DEFAULT_ROUTER
 
 
@@ -135,7 +135,7 @@ def test_shipped_router_beats_the_random_mix_on_held_out_mmlu_pro():
     """The shipped head on the shipped encodings of the test split (no kNN / MF fit: those are in the slow test)."""
     import torch
 
-    from routoo_fast.evaluate import evaluate_pool
+    from routoo_fast.evaluation.report import evaluate_pool
     from routoo_fast.saved import load_router
 
     saved = load_router(DEFAULT_ROUTER)
@@ -170,7 +170,7 @@ def test_main_job_reproduction_meets_the_aiq_target(tmp_path):
 
 @pytest.mark.slow
 def test_full_reproduction_every_dataset(tmp_path):
-    from routoo_fast.outcomes import shared_data_dir
+    from routoo_fast.data import shared_data_dir
 
     if shared_data_dir() is None:
         pytest.skip("the shared real-data folder is not available")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from routoo_fast.head import ScoringHead
-from routoo_fast.metrics import evaluate_predictions
-from routoo_fast.training import (
+from routoo_fast.train.metrics import evaluate_predictions
+from routoo_fast.train.fit import (
     TrainConfig,
     fold_standardisation,
     masked_bce,
@@ -171,7 +171,7 @@ class LookupEncoder:
 
 
 def synthetic_table(P=500):
-    from routoo_fast.outcomes import OutcomeTable
+    from routoo_fast.data import OutcomeTable
 
     x, y = synthetic(P=P, N=4, missing=0.05)
     prompts = [f"prompt number {i}" for i in range(P)]
@@ -181,9 +181,9 @@ def synthetic_table(P=500):
 
 
 def test_train_router_reports_head_and_knn_and_saves(tmp_path):
-    from routoo_fast.outcomes import split_by_hash
+    from routoo_fast.data import split_by_hash
     from routoo_fast.saved import load_router
-    from routoo_fast.training import train_router
+    from routoo_fast.train.pipeline import train_router
 
     table, enc = synthetic_table()
     trained = train_router(table, enc, FAST, cache_dir=tmp_path / "cache", progress=False)
@@ -204,7 +204,7 @@ def test_train_router_reports_head_and_knn_and_saves(tmp_path):
 
 
 def test_train_router_bad_split():
-    from routoo_fast.training import train_router
+    from routoo_fast.train.pipeline import train_router
 
     table, enc = synthetic_table(P=20)
     with pytest.raises(ValueError, match="split values"):
@@ -220,8 +220,8 @@ def test_head_beats_knn_on_bundled_data():
 
     Encodes 6,810 prompts with the shipped MiniLM the first time (minutes on a CPU; cached in ROUTOO_CACHE_DIR).
     """
-    from routoo_fast.outcomes import load_default
-    from routoo_fast.training import train_router
+    from routoo_fast.data import load_default
+    from routoo_fast.train.pipeline import train_router
 
     trained = train_router(load_default(), progress=False)
     print("\n" + trained.summary())
@@ -234,8 +234,9 @@ def test_head_beats_knn_on_bundled_data():
 @pytest.mark.slow
 def test_finetune_encoder_on_a_tiny_slice(tmp_path):
     from routoo_fast.encoder import Encoder
-    from routoo_fast.outcomes import load_default
-    from routoo_fast.training import finetune_encoder, save_encoder, train_router
+    from routoo_fast.data import load_default
+    from routoo_fast.train.finetune import finetune_encoder, save_encoder
+    from routoo_fast.train.pipeline import train_router
 
     table = load_default().subset(np.arange(48))
     encoder = Encoder(max_length=64)
@@ -261,7 +262,7 @@ def test_finetune_encoder_on_a_tiny_slice(tmp_path):
 
 @pytest.mark.parametrize("hidden", [6, None])
 def test_ensemble_is_the_mean_of_member_logits(hidden):
-    from routoo_fast.training import merge_heads
+    from routoo_fast.train.fit import merge_heads
 
     x, y = synthetic(P=120)
     tr, va, _ = split(len(x))
@@ -283,7 +284,7 @@ def test_train_and_save_default_router(tmp_path):
     """The `routoo-fast train` path on the bundled data: a loadable router with its held-out report."""
     from routoo_fast.router import Router
     from routoo_fast.saved import load_router
-    from routoo_fast.training import train_and_save
+    from routoo_fast.train.pipeline import train_and_save
 
     trained = train_and_save(tmp_path / "router", progress=False)
     saved = load_router(tmp_path / "router")

@@ -9,7 +9,7 @@ the wrong model (winner's curse). Three fixes, each a few tenths of a point of A
    training prompts of prompt i's group g (the MMLU subject): T = (sum_{g} y + k * prior_j) / (n_gj + k).
    The group label is used only for training; at run time the head sees the prompt encoding only.
 2. an ensemble of `n_seeds` heads, averaged in logit space, which is one head of width n_seeds * H
-   (`training.merge_heads`).
+   (`train.fit.merge_heads`).
 3. logit shrinkage toward the prior: logit' = a * logit + (1 - a) * logit(prior_j), i.e. E <- a E,
    b <- a b + (1 - a) logit(prior): it damps the spread of Q across models, so the argmax chases less noise.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from routoo_fast.train.fit import TrainConfig, model_priors, train_head
 
 
 @dataclass
@@ -48,14 +50,6 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def model_priors(scores, rows) -> np.ndarray:
-    """Mean observed score of each model over `rows`, clipped to [0.01, 0.99] -> float64 [N] (0.5 if unseen)."""
-    y = np.asarray(scores, dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
-    seen = ~np.isnan(y)
-    mean = np.where(seen.any(0), np.nansum(y, 0) / np.maximum(seen.sum(0), 1), 0.5)
-    return np.clip(mean, 0.01, 0.99)
 
 
 def group_targets(scores, groups, fit_rows, beta: float, k: float) -> np.ndarray:
@@ -102,8 +96,6 @@ def fit_recipe_head(features, scores, train_idx, val_idx, groups=None, recipe: R
     features [P, D] pooled encodings; scores [P, N] (NaN = missing); groups [P] training-only group labels
     (e.g. the MMLU subject) or None.
     """
-    from routoo_fast.training import TrainConfig, train_head
-
     recipe = recipe if recipe is not None else Recipe()
     tr = np.asarray(train_idx, dtype=np.int64)
     va = np.asarray(val_idx, dtype=np.int64)

@@ -8,7 +8,7 @@ Datasets (held-out split = `split_by_hash(prompts)` == "test" unless the source 
 - "routerbench": RouterBench subset (ARC-Challenge, MBPP, Winogrande) with its real per-call costs, RouterDC's
   train/test files. Evaluation only: never bundled.
 - "zeroeval_gsm", "zeroeval_math", "zeroeval_crux": ZeroEval pools (40 to 48 models each).
-For the non-bundled datasets a router is trained here with the shipped recipe (`routoo_fast.recipe`).
+For the non-bundled datasets a router is trained here with the shipped recipe (`routoo_fast.train.recipe`).
 
 Costs: routers decide with expected costs (input tokens x input price + the model's mean output tokens on the
 training prompts x output price, prices from assets/prices.csv); each decision is scored with the true cost of
@@ -26,9 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from routoo_fast.evaluate import PoolReport, Report, evaluate_pool
+from routoo_fast.evaluation.report import PoolReport, Report, evaluate_pool
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED_ENCODINGS = ASSETS / "encodings" / "mmlu_pro_ori_minilm.npz"
 DATASETS = ("mmlu_pro", "routellm", "routerbench", "zeroeval_gsm", "zeroeval_math", "zeroeval_crux")
 MAIN_JOB_DATASETS = ("mmlu_pro",)
@@ -85,7 +85,7 @@ def features(prompts: Sequence[str], encoder, cache_dir=None, progress: bool = F
     shipped = load_shipped_encodings(prompts, encoder.encoder_id)
     if shipped is not None:
         return shipped
-    from routoo_fast.encoding_cache import encode_cached
+    from routoo_fast.data.encoding_cache import encode_cached
 
     return encode_cached(encoder, prompts, cache_dir=cache_dir, progress=progress)
 
@@ -94,7 +94,7 @@ def features(prompts: Sequence[str], encoder, cache_dir=None, progress: bool = F
 def true_costs(table, prices, expected_output) -> np.ndarray:
     """What each call really cost [P, N]: table.cost where present, else input tokens x input price + the call's
     observed output tokens x output price; a source with no output lengths at all uses expected_output [N]."""
-    from routoo_fast.outcomes import estimate_tokens
+    from routoo_fast.costs import estimate_tokens
 
     pin, pout = prices.per_token(table.models)
     tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
@@ -111,8 +111,7 @@ def true_costs(table, prices, expected_output) -> np.ndarray:
 def predicted_costs(table, prices, expected_output) -> np.ndarray:
     """What a router expects each call to cost [P, N]: input tokens x input price + expected_output[N] x output
     price (never the call's real cost, which is unknown before the call)."""
-    from routoo_fast.costs import call_costs
-    from routoo_fast.outcomes import estimate_tokens
+    from routoo_fast.costs import call_costs, estimate_tokens
 
     pin, pout = prices.per_token(table.models)
     tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
@@ -147,8 +146,8 @@ def _idx(split, name) -> np.ndarray:
 
 
 def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
-    """Load one of DATASETS (data_dir: the shared real-data folder, default `outcomes.shared_data_dir()`)."""
-    from routoo_fast import outcomes
+    """Load one of DATASETS (data_dir: the shared real-data folder, default `data.shared_data_dir()`)."""
+    from routoo_fast import data as outcomes
     from routoo_fast.costs import PriceTable
 
     prices = PriceTable.load() if prices is None else prices
@@ -202,8 +201,8 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
     the held-out prompts with complete outcomes."""
     import torch
 
-    from routoo_fast.baselines import KNNRouter, MFRouter
-    from routoo_fast.recipe import fit_recipe_head
+    from routoo_fast.evaluation.baselines import KNNRouter, MFRouter
+    from routoo_fast.train.recipe import fit_recipe_head
 
     t = ds.table
     tr, va, te = _idx(ds.split, "train"), _idx(ds.split, "val"), _idx(ds.split, "test")

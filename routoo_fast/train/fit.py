@@ -22,6 +22,9 @@ import numpy as np
 
 from routoo_fast.head import ACTIVATIONS, ScoringHead
 
+__all__ = ["TrainConfig", "TrainHistory", "train_head", "merge_heads", "fold_standardisation",
+           "masked_bce", "model_priors", "prior_logits", "torch_threads"]
+
 
 @dataclass
 class TrainConfig:
@@ -127,7 +130,7 @@ def _check_inputs(features, scores, train_idx, val_idx):
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int | None):
+def torch_threads(n: int | None):
     """Run the block with `n` torch CPU threads, then restore the caller's setting (None: leave as is)."""
     import torch
 
@@ -157,11 +160,20 @@ def fold_standardisation(head: ScoringHead, mean, std) -> None:
         bias.copy_(bias_new.to(bias.dtype))
 
 
+def model_priors(scores, rows=None) -> np.ndarray:
+    """Mean observed score of each model over `rows` (default all), clipped to [0.01, 0.99] -> float64 [N]
+    (0.5 for a model with no outcome there)."""
+    y = np.asarray(scores, dtype=np.float64)
+    if rows is not None:
+        y = y[np.asarray(rows, dtype=np.int64)]
+    seen = ~np.isnan(y)
+    mean = np.where(seen.any(0), np.nansum(y, 0) / np.maximum(seen.sum(0), 1), 0.5)
+    return np.clip(mean, 0.01, 0.99)
+
+
 def prior_logits(scores: np.ndarray) -> np.ndarray:
-    """logit of each model's mean observed score, clipped to [0.01, 0.99]; 0 for a model with no outcome."""
-    obs = ~np.isnan(scores)
-    mean = np.where(obs.any(0), np.nansum(scores, 0) / np.maximum(obs.sum(0), 1), 0.5)
-    mean = np.clip(mean, 0.01, 0.99)
+    """logit of `model_priors(scores)`: each model's mean observed score, clipped to [0.01, 0.99] (0 if unseen)."""
+    mean = model_priors(scores)
     return np.log(mean / (1 - mean)).astype(np.float32)
 
 
@@ -229,7 +241,7 @@ def _train_single(features, scores, train_idx, val_idx, config: TrainConfig, pro
     history = TrainHistory()
     start = time.perf_counter()
 
-    with torch.random.fork_rng(devices=[]), _torch_threads(config.num_threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(config.num_threads):
         torch.manual_seed(config.seed)
         head = ScoringHead(D, N, hidden=config.hidden, act=config.act)
         with torch.no_grad():
@@ -291,237 +303,3 @@ def _train_single(features, scores, train_idx, val_idx, config: TrainConfig, pro
     fold_standardisation(head, mean, std)
     history.seconds = time.perf_counter() - start
     return head, history
-
-
-# ------------------------------------------------------------------------------------- fine-tuning the encoder
-def _pooled_with_grad(encoder, prompts):
-    """Masked-mean pooled encoder output [B, D] with gradients flowing into encoder.model (for fine-tuning)."""
-    batch = encoder.tokenizer(list(prompts), truncation=True, max_length=encoder.max_length, padding=True,
-                              return_tensors="pt")
-    attention = batch["attention_mask"].to(encoder.device)
-    hidden = encoder.model(input_ids=batch["input_ids"].to(encoder.device), attention_mask=attention).last_hidden_state
-    mask = encoder._pooling_mask(attention).to(hidden.dtype).unsqueeze(-1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-def finetune_encoder(encoder, head, prompts, scores, train_idx, val_idx, config: TrainConfig | None = None,
-                     epochs: int = 1, batch_size: int = 16, progress: bool = True) -> TrainHistory:
-    """Update `encoder.model` (lr = config.encoder_lr) and `head` (lr = config.lr) together, in place, through the
-    same masked BCE on raw pooled encodings; keeps the weights of the epoch with the lowest validation loss
-    (the starting weights count as epoch -1). Slow: a full encoder forward and backward per prompt per epoch.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    config = config if config is not None else TrainConfig()
-    prompts = list(prompts)
-    y = np.asarray(scores, dtype=np.float32)
-    if y.shape[0] != len(prompts):
-        raise ValueError(f"scores must have one row per prompt ({len(prompts)}), got shape {y.shape}")
-    train_ix, val_ix = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)
-    y_all = torch.from_numpy(np.nan_to_num(y, nan=0.0))
-    m_all = torch.from_numpy((~np.isnan(y)).astype(np.float32))
-    model = encoder.model
-    history = TrainHistory()
-    start = time.perf_counter()
-
-    def val_loss() -> float:
-        model.eval()
-        head.eval()
-        if val_ix.size == 0:
-            return float("nan")
-        total, count = 0.0, 0.0
-        with torch.no_grad():
-            for s in range(0, val_ix.size, 64):
-                rows = val_ix[s:s + 64]
-                logits = head(_pooled_with_grad(encoder, [prompts[i] for i in rows]).float())
-                m = m_all[rows]
-                total += float(masked_bce(logits, y_all[rows], m)) * float(m.sum())
-                count += float(m.sum())
-        return total / max(count, 1.0)
-
-    with torch.random.fork_rng(devices=[]), _torch_threads(config.num_threads):
-        torch.manual_seed(config.seed)
-        gen = torch.Generator().manual_seed(config.seed)
-        opt = torch.optim.AdamW([{"params": list(model.parameters()), "lr": config.encoder_lr, "weight_decay": 0.0},
-                                 {"params": list(head.parameters()), "lr": config.lr, "weight_decay": 0.0}])
-        best_loss = val_loss()
-        best = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
-        for epoch in tqdm(range(epochs), desc="fine-tuning encoder", unit="epoch", disable=not progress):
-            model.train()
-            head.train()
-            order = train_ix[torch.randperm(train_ix.size, generator=gen).numpy()]
-            total, count = 0.0, 0.0
-            for s in range(0, order.size, batch_size):
-                rows = order[s:s + batch_size]
-                m = m_all[rows]
-                if m.sum() == 0:
-                    continue
-                loss = masked_bce(head(_pooled_with_grad(encoder, [prompts[i] for i in rows]).float()), y_all[rows], m)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * float(m.sum())
-                count += float(m.sum())
-            history.train_loss.append(total / max(count, 1.0))
-            loss_now = val_loss()
-            history.val_loss.append(loss_now)
-            if not val_ix.size or loss_now < best_loss:
-                best_loss, history.best_epoch = loss_now, epoch
-                best = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
-        model.load_state_dict(best[0])
-        head.load_state_dict(best[1])
-    model.eval()
-    head.eval()
-    history.seconds = time.perf_counter() - start
-    return history
-
-
-def save_encoder(encoder, directory):
-    """Write `encoder`'s (fine-tuned) weights and tokenizer to `directory` atomically; returns an Encoder on it."""
-    from routoo_fast._atomic import atomic_directory
-    from routoo_fast.encoder import Encoder
-
-    with atomic_directory(directory) as tmp:
-        encoder.model.save_pretrained(tmp, safe_serialization=True)
-        encoder.tokenizer.save_pretrained(tmp)
-    return Encoder(path=str(directory), max_length=encoder.max_length, batch_size=encoder.batch_size,
-                   pooling=encoder.pooling)
-
-
-_finetune = finetune_encoder  # train_router's flag of the same name shadows the function there
-
-
-# ----------------------------------------------------------------------------------------- end-to-end training
-KNN_GRID = (10, 20, 40, 80, 160, 320)
-
-
-@dataclass
-class TrainedRouter:
-    """What `train_router` returns: the head, what it was trained on, and the held-out report vs kNN."""
-
-    head: object  # ScoringHead taking raw pooled encodings
-    model_names: list[str]
-    encoder_spec: dict
-    config: TrainConfig
-    history: TrainHistory
-    split: np.ndarray  # [P] "train" / "val" / "test"
-    report: object  # metrics.PredictionReport of the head on the test split (None if the split is empty)
-    knn_report: object  # the same for the kNN baseline fitted on train + val
-    knn_k: int
-    expected_output_tokens: np.ndarray  # [N] mean observed output tokens per model (NaN where unknown)
-    finetune_history: TrainHistory | None = None  # set when the encoder was fine-tuned
-
-    def summary(self) -> str:
-        if self.report is None:
-            return "no test split: nothing held out to report"
-        return (f"held-out mean AUC {self.report.mean_auc:.4f} (kNN k={self.knn_k}: {self.knn_report.mean_auc:.4f}), "
-                f"Brier {self.report.mean_brier:.4f} ({self.knn_report.mean_brier:.4f}), "
-                f"ECE {self.report.mean_ece:.4f} ({self.knn_report.mean_ece:.4f})")
-
-    def save(self, path, prices=None, expected_output_tokens=None, metadata: dict | None = None):
-        """Save as a router directory (`saved.save_router`); prices default to the shipped price table and
-        expected output tokens to the training data's means."""
-        from routoo_fast.costs import PriceTable
-        from routoo_fast.saved import save_router
-
-        prices = PriceTable.load() if prices is None else prices
-        eo = self.expected_output_tokens if expected_output_tokens is None else expected_output_tokens
-        if not isinstance(eo, dict):
-            eo = np.asarray(eo, dtype=np.float64)
-            if np.isnan(eo).any():
-                missing = [m for m, v in zip(self.model_names, eo) if np.isnan(v)]
-                raise ValueError(f"no observed output length for models {missing}: pass expected_output_tokens")
-        meta = {"train_config": self.config.to_dict(), "best_epoch": self.history.best_epoch,
-                "split_sizes": {s: int((self.split == s).sum()) for s in ("train", "val", "test")}}
-        if self.report is not None:
-            meta["held_out"] = {"head": self.report.to_dict()["mean"], "knn": self.knn_report.to_dict()["mean"],
-                                "knn_k": self.knn_k}
-        meta.update(metadata or {})
-        return save_router(path, self.head, self.model_names, self.encoder_spec, prices, eo, meta)
-
-
-def choose_knn_k(features, scores, fit_idx, val_idx, grid=KNN_GRID) -> int:
-    """The k in `grid` whose kNN (fitted on `fit_idx`) has the best mean AUC on `val_idx`: a fairly tuned baseline."""
-    from routoo_fast.knn import KNNPredictor
-    from routoo_fast.metrics import evaluate_predictions
-
-    if len(val_idx) == 0:
-        return 40
-    best, best_auc = grid[0], -np.inf
-    for k in grid:
-        pred = KNNPredictor(k).fit(features[fit_idx], scores[fit_idx]).predict(features[val_idx])
-        auc = evaluate_predictions(scores[val_idx], pred, [str(j) for j in range(scores.shape[1])]).mean_auc
-        if auc > best_auc:
-            best, best_auc = k, auc
-    return int(best)
-
-
-def train_router(table, encoder=None, config: TrainConfig | None = None, cache_dir=None, split=None,
-                 finetune_encoder: bool = False, finetune_epochs: int = 1, encoder_dir=None, knn_k: int | None = None,
-                 progress: bool = True) -> TrainedRouter:
-    """Encode `table.prompts` (cached), split by prompt hash, fit the head, and report test AUC/Brier/ECE vs kNN.
-
-    table: OutcomeTable. encoder: an Encoder (default: the shipped MiniLM). split: [P] of "train"/"val"/"test"
-    (default `split_by_hash(table.prompts)`). knn_k: the baseline's k (default: chosen on the val split).
-    finetune_encoder: after fitting the head on frozen encodings, update the encoder too (`finetune_encoder`) for
-    `finetune_epochs`; the tuned encoder is written to `encoder_dir` (required then) and the report uses it.
-    """
-    from routoo_fast.encoding_cache import encode_cached
-    from routoo_fast.knn import KNNPredictor
-    from routoo_fast.metrics import evaluate_predictions
-    from routoo_fast.outcomes import split_by_hash
-
-    config = config if config is not None else TrainConfig()
-    if finetune_encoder and encoder_dir is None:
-        raise ValueError("finetune_encoder=True needs encoder_dir: where to write the tuned encoder")
-    if encoder is None:
-        from routoo_fast.encoder import Encoder
-
-        encoder = Encoder()
-    split = split_by_hash(table.prompts) if split is None else np.asarray(split)
-    if split.shape != (len(table.prompts),):
-        raise ValueError(f"split must have one entry per prompt ({len(table.prompts)}), got shape {split.shape}")
-    unknown = set(split.tolist()) - {"train", "val", "test"}
-    if unknown:
-        raise ValueError(f"split values must be 'train', 'val' or 'test', got {sorted(unknown)}")
-    tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
-    x = encode_cached(encoder, table.prompts, cache_dir=cache_dir, progress=progress)
-    tune_history = None
-    head, history = train_head(x, table.scores, tr, va, config, progress=progress)
-    if finetune_encoder:
-        tune_history = _finetune(encoder, head, table.prompts, table.scores, tr, va, config,
-                                 epochs=finetune_epochs, progress=progress)
-        encoder = save_encoder(encoder, encoder_dir)
-        x = encode_cached(encoder, table.prompts, cache_dir=cache_dir, progress=progress)
-    k = knn_k if knn_k is not None else choose_knn_k(x, table.scores, tr, va)
-    report = knn_report = None
-    if te.size:
-        import torch
-
-        with torch.no_grad():
-            q = head.probs(torch.from_numpy(x[te])).numpy()
-        report = evaluate_predictions(table.scores[te], q, table.models, name="head")
-        fit = np.concatenate([tr, va])
-        knn_q = KNNPredictor(k).fit(x[fit], table.scores[fit]).predict(x[te])
-        knn_report = evaluate_predictions(table.scores[te], knn_q, table.models, name=f"kNN k={k}")
-    from routoo_fast.costs import expected_output_tokens
-
-    return TrainedRouter(head=head, model_names=list(table.models), encoder_spec=encoder.spec(), config=config,
-                         history=history, split=split, report=report, knn_report=knn_report, knn_k=int(k),
-                         expected_output_tokens=expected_output_tokens(table), finetune_history=tune_history)
-
-
-def train_and_save(output, data="default", epochs: int | None = None, seed: int = 0, cache_dir=None,
-                   progress: bool = True) -> TrainedRouter:
-    """The `routoo-fast train` entry point: load outcomes ('default' = bundled MMLU-Pro part, else a long-format
-    file), train with the default recipe (optionally other `epochs`/`seed`), save the router to `output`."""
-    from routoo_fast import outcomes
-
-    table = outcomes.load_default() if data in (None, "default") else outcomes.load_long(data)
-    cfg = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
-    trained = train_router(table, config=cfg, cache_dir=cache_dir, progress=progress)
-    trained.save(output, metadata={"data": str(data)})
-    if progress:
-        print(trained.summary())
-    return trained

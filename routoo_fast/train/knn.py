@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["KNNPredictor", "choose_knn_k", "KNN_GRID"]
+
+KNN_GRID = (10, 20, 40, 80, 160, 320)
+
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -73,3 +77,18 @@ class KNNPredictor:
         total = self._y0[idx].sum(1)  # [B, N]
         count = self._observed[idx].sum(1)
         return np.where(count > 0, total / np.maximum(count, 1), self._fallback).astype(np.float32)
+
+
+def choose_knn_k(features, scores, fit_idx, val_idx, grid=KNN_GRID) -> int:
+    """The k in `grid` whose kNN (fitted on `fit_idx`) has the best mean AUC on `val_idx`: a fairly tuned baseline."""
+    from routoo_fast.train.metrics import evaluate_predictions
+
+    if len(val_idx) == 0:
+        return 40
+    best, best_auc = grid[0], -np.inf
+    for k in grid:
+        pred = KNNPredictor(k).fit(features[fit_idx], scores[fit_idx]).predict(features[val_idx])
+        auc = evaluate_predictions(scores[val_idx], pred, [str(j) for j in range(scores.shape[1])]).mean_auc
+        if auc > best_auc:
+            best, best_auc = k, auc
+    return int(best)

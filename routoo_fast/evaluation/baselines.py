@@ -7,10 +7,10 @@
 - oracle: decides with the true outcomes and costs (Q = Y, C = C_true): at small lambda every prompt goes to the
   cheapest model that gets it right. An upper bound, not a router.
 - kNN (RouterBench): Q[b, j] = mean outcome of model j over the k training prompts most cosine-similar to b
-  (`routoo_fast.knn.KNNPredictor`), k chosen on the validation split by mean AUC.
+  (`routoo_fast.train.knn.KNNPredictor`), k chosen on the validation split by mean AUC.
 - matrix factorisation (RouteLLM's MF router, adapted to per-model outcomes): logit P(j right on x) =
   w2 . (v_j * (W x + b0)) + c_j, a bilinear model of prompt x and model embedding v_j. Folding w2 into v_j gives
-  E_j . (W x + b0) + c_j: exactly `ScoringHead(hidden=d, act="identity")`, trained by `training.train_head`.
+  E_j . (W x + b0) + c_j: exactly `ScoringHead(hidden=d, act="identity")`, trained by `train.fit.train_head`.
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from typing import Sequence
 
 import numpy as np
 
-from routoo_fast.evaluate import Curve, _matrix, tradeoff_curve, upper_hull
+from routoo_fast.evaluation.curves import Curve, check_matrix, tradeoff_curve, upper_hull
 
 MF_DIM = 128  # RouteLLM's MF router uses 128-dimensional model / projected prompt embeddings
 
 
 def single_model_curves(Y, C_true, model_names: Sequence[str]) -> list[Curve]:
     """One single-point Curve per model: always calling that model, scored by Y / C_true [P, N]."""
-    Y = _matrix(Y, "Y")
-    Ct = _matrix(C_true, "C_true", Y.shape)
+    Y = check_matrix(Y, "Y")
+    Ct = check_matrix(C_true, "C_true", Y.shape)
     if len(model_names) != Y.shape[1]:
         raise ValueError(f"model_names has {len(model_names)} names for {Y.shape[1]} columns")
     return [Curve(str(m), np.array([Ct[:, j].mean()]), np.array([Y[:, j].mean()]), "single")
@@ -57,8 +57,7 @@ class KNNRouter:
 
     def fit(self, features, scores, train_idx, val_idx=()) -> "KNNRouter":
         """Choose k on `val_idx` (if not given), then remember train + val rows as neighbours."""
-        from routoo_fast.knn import KNNPredictor
-        from routoo_fast.training import choose_knn_k
+        from routoo_fast.train.knn import KNNPredictor, choose_knn_k
 
         x = np.asarray(features, dtype=np.float32)
         y = np.asarray(scores, dtype=np.float32)
@@ -92,7 +91,7 @@ class MFRouter:
 
     def fit(self, features, scores, train_idx, val_idx) -> "MFRouter":
         """Masked BCE on rows train_idx, early stopping on val_idx."""
-        from routoo_fast.training import TrainConfig, train_head
+        from routoo_fast.train.fit import TrainConfig, train_head
 
         cfg = TrainConfig(hidden=self.dim, act="identity", weight_decay=self.weight_decay, dropout=0.0,
                           patience=10, seed=self.seed, ensemble=1)

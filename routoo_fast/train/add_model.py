@@ -35,9 +35,9 @@ def fit_logistic(Z, y, l2: float, e0=None, max_iter: int = 100, tol: float = 1e-
     """
     import torch
 
-    from routoo_fast.training import _torch_threads
+    from routoo_fast.train.fit import torch_threads
 
-    with _torch_threads(1):
+    with torch_threads(1):
         Z = torch.as_tensor(np.asarray(Z, dtype=np.float64))
         y = torch.as_tensor(np.asarray(y, dtype=np.float64))
         K, H = Z.shape
