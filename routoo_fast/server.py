@@ -27,7 +27,8 @@ from typing import Any
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -35,7 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .batcher import BatcherClosed, QueueFull
+from .batcher import DEFAULT_MAX_BATCH_TOKENS, BatcherClosed, QueueFull
+from .encoder import InvalidPrompt, check_prompts
 from .policies import parse_policy
 from .upstreams import MissingAPIKey, Upstreams
 
@@ -85,20 +87,44 @@ class Metrics:
 
 
 class _BatcherCollector:
-    """Reads the router's micro-batcher at scrape time: predictor passes, prompts served, queue depth."""
+    """Reads the router's micro-batcher at scrape time (`MicroBatcher.stats()`): predictor passes, their sizes and
+    latencies, prompts served, failed passes and the requests they failed, queue depth and capacity."""
 
     def __init__(self, router):
         self.router = router
 
     def collect(self):
         batcher = getattr(self.router, "batcher", None)
-        passes = CounterMetricFamily("routoo_predictor_passes", "Predictor passes run by the micro-batcher")
-        prompts = CounterMetricFamily("routoo_predictor_prompts", "Prompts scored by the micro-batcher's passes")
-        depth = GaugeMetricFamily("routoo_batcher_queue_depth", "Requests waiting in the micro-batcher")
-        passes.add_metric([], batcher.batches if batcher is not None else 0)
-        prompts.add_metric([], batcher.prompts_served if batcher is not None else 0)
-        depth.add_metric([], batcher.queue_depth if batcher is not None else 0)
-        return [passes, prompts, depth]
+        stats = batcher.stats() if batcher is not None else None
+        empty = {"buckets": [], "sum": 0.0}
+
+        def counter(name, doc, key):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], stats[key] if stats else 0)
+            return family
+
+        def gauge(name, doc, key):
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], stats[key] if stats else 0)
+            return family
+
+        def histogram(name, doc, key):
+            hist = stats[key] if stats else empty
+            buckets = [(floatToGoString(bound), count) for bound, count in hist["buckets"]] or [("+Inf", 0)]
+            return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist["sum"])
+
+        return [
+            counter("routoo_predictor_passes", "Predictor passes run by the micro-batcher", "passes"),
+            counter("routoo_predictor_prompts", "Prompts scored by the micro-batcher's passes", "prompts"),
+            counter("routoo_predictor_failed_passes", "Predictor passes that raised (a shared one is then re-run "
+                    "per request to isolate the failure)", "failed_passes"),
+            counter("routoo_predictor_failed_requests", "Route requests failed by the predictor", "failed_requests"),
+            histogram("routoo_predictor_pass_prompts", "Prompts per predictor pass", "pass_prompts"),
+            histogram("routoo_predictor_pass_seconds", "Predictor pass latency", "pass_seconds"),
+            gauge("routoo_batcher_queue_depth", "Requests waiting in the micro-batcher", "queue_depth"),
+            gauge("routoo_batcher_queue_capacity", "Most requests the micro-batcher queues before answering 503",
+                  "queue_capacity"),
+        ]
 
 
 class _Instrument:
@@ -147,7 +173,7 @@ def create_app(
     batching: bool = True,
     max_wait: float = 0.002,
     max_batch_prompts: int = 64,
-    max_batch_tokens: int | None = None,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     max_queue: int = 1024,
     max_prompts_per_request: int = 1024,
     auth_token: str | None = None,
@@ -192,13 +218,18 @@ def create_app(
                 await run_in_threadpool(router.disable_batching)
 
     async def decide(prompts: list[str], policy) -> list:
-        """Route prompts: bad policy or budget -> 400, full queue -> 503; a failing predictor pass -> 500."""
+        """Route prompts: bad policy or budget -> 400, a prompt that is not valid text -> 400 before it joins a
+        shared pass, full queue -> 503; a predictor failure -> 500 for the request it fails on alone (the batcher
+        re-runs a failed shared pass per request, so the neighbours get their answers)."""
         try:
             policy = router.check_policy(policy)
         except (ValueError, TypeError) as exc:
             raise HTTPError(400, str(exc)) from None
         try:
+            check_prompts(prompts)
             Q = await router.apredict(prompts)
+        except InvalidPrompt as exc:
+            raise HTTPError(400, str(exc)) from None
         except QueueFull:
             raise HTTPError(503, "server busy: routing queue is full, retry shortly", "server_busy",
                             {"Retry-After": str(retry_after_s)}) from None
