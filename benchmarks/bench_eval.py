@@ -28,8 +28,8 @@ def held_out():
     ok = np.isfinite(sub.scores).all(1)
     with torch.no_grad():
         q = saved.head.probs(torch.from_numpy(x[te][ok])).numpy().astype(np.float64)
-    C_pred = rp.predicted_costs(sub, saved.prices, saved.expected_output_tokens)[ok]
-    C_true = rp.true_costs(sub, saved.prices, saved.expected_output_tokens)[ok]
+    C_pred = saved.cost_model.expected(sub)[ok]
+    C_true = saved.cost_model.true(sub)[ok]
     return q, C_pred, sub.scores[ok].astype(np.float64), C_true
 
 

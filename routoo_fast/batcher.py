@@ -32,6 +32,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .costs import prompt_tokens
+
 __all__ = ["MicroBatcher", "QueueFull", "BatcherClosed", "approx_tokens", "DEFAULT_MAX_BATCH_TOKENS"]
 
 # Estimated tokens per predictor pass, unless told otherwise: 32 prompts of 256 tokens, or 64 MMLU questions
@@ -52,8 +54,9 @@ class BatcherClosed(RuntimeError):
 
 
 def approx_tokens(prompt: str) -> int:
-    """Cheap token estimate used for the batch token budget: about 4 characters per token, at least 1."""
-    return max(1, len(prompt) // 4)
+    """Token estimate for the batch token budget: the package's one estimate (`costs.prompt_tokens`,
+    ceil(chars / 4)), at least 1."""
+    return max(1, prompt_tokens(prompt))
 
 
 class _Histogram:

@@ -1,14 +1,16 @@
-"""Cost model: what one call of each LLM on each prompt is expected to cost, in USD.
+"""The one cost model: what one call of each LLM on each prompt is expected to cost, in USD.
 
-Prices are USD per 1M tokens (input and output separately), from `assets/prices.csv`
-(columns model, input_usd_per_mtok, output_usd_per_mtok, open_weights, source; `source` names where each price comes
-from, and says "estimate" where it is one).
+Prices are USD per 1M tokens (input and output separately), from `assets/prices.csv` or the user's own file with
+the same columns (model, input_usd_per_mtok, output_usd_per_mtok, open_weights, source; `source` names where each
+price comes from, and says "estimate" where it is one).
 
 For a prompt p and model n, with per-token prices pi[n] = input_usd_per_mtok / 1e6 and po[n] = output / 1e6:
-    C[p, n] = table.cost[p, n]                                    where the data has a real per-call cost (RouterBench)
-            = input_tokens[p] * pi[n] + expected_output_tokens[n] * po[n]     elsewhere
-expected_output_tokens[n] is model n's mean observed output length over the table (NaN entries ignored): a router
-does not know how long an answer will be before the call, only how verbose each model tends to be.
+    C[p, n] = input_tokens[p] * pi[n] + expected_output_tokens[n] * po[n]
+input_tokens from the ONE token counter below (a tokenizer's count, else ceil(chars / 4)); expected_output_tokens[n]
+is model n's mean observed output length on the training prompts (a router does not know how long an answer will
+be before the call, only how verbose each model tends to be), a stated default where unknown, or calibrated to the
+real per-call costs where the data has them. `CostModel` holds all of it; `CostModel.true` prices what calls really
+cost, for scoring: the real cost where the data has it, else the call's observed output length.
 """
 from __future__ import annotations
 
@@ -25,12 +27,15 @@ import numpy as np
 
 from ._atomic import atomic_write_text
 
-__all__ = ["ModelPrice", "PriceTable", "expected_cost", "expected_output_tokens", "call_costs", "costs_for_prompts",
-           "DEFAULT_PRICES", "CHARS_PER_TOKEN", "prompt_tokens", "estimate_tokens", "count_tokens"]
+__all__ = ["ModelPrice", "PriceTable", "CostModel", "expected_output_tokens", "call_costs", "DEFAULT_PRICES",
+           "DEFAULT_OUTPUT_TOKENS", "CHARS_PER_TOKEN", "prompt_tokens", "estimate_tokens", "count_tokens"]
 
 DEFAULT_PRICES = Path(__file__).resolve().parent / "assets" / "prices.csv"
 COLUMNS = ("model", "input_usd_per_mtok", "output_usd_per_mtok", "open_weights", "source")
 CHARS_PER_TOKEN = 4.0
+# expected output tokens of a model whose output lengths are unknown (a mid-length answer; set your own with
+# `routoo-fast train --output-tokens N` or an output_tokens column)
+DEFAULT_OUTPUT_TOKENS = 256.0
 
 
 # ------------------------------------------------------------------------------------------ the token counter
@@ -248,53 +253,162 @@ def call_costs(input_tokens, input_usd_per_tok, output_usd_per_tok, expected_out
     return tok[:, None] * pin[None, :] + (eo * pout)[None, :]
 
 
-def expected_cost(table, prices: PriceTable, output_tokens=None) -> np.ndarray:
-    """Expected USD per call C float64 [P, N] for an OutcomeTable (formula in the module docstring).
+class CostModel:
+    """THE cost model: what one call of each of N models on a prompt is expected to cost, in USD.
 
-    output_tokens: expected output tokens per model, [N] array or {model: tokens}; default
-    `expected_output_tokens(table)`. input tokens: table.input_tokens, else ceil(chars / 4) of each prompt.
-    A model with no price, or needing an output-length estimate it does not have, raises ValueError naming it.
+        C[b, n] = input_tokens(prompt b) * input_price[n] + expected_output_tokens[n] * output_price[n]
+
+    models [N]; prices: a PriceTable with every model; expected_output_tokens: [N] or {model: tokens};
+    tokenizer: `text -> token ids` to count input tokens, None = the package's estimate ceil(chars / 4).
+    equal_cost: every model costs the same (quality-only routing); `true` then returns the expected costs too.
+    Training builds it (`from_table`), the saved router stores it (prices, expected output tokens, `describe`),
+    and the router, the server, the evaluation and the reproduction all price calls through it.
     """
-    if not isinstance(prices, PriceTable):
-        raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
-    P, N = table.n_prompts, table.n_models
-    pin, pout = prices.per_token(table.models)
-    if output_tokens is None:
-        eo = expected_output_tokens(table)
-    elif isinstance(output_tokens, Mapping):
-        missing = [m for m in table.models if m not in output_tokens]
+
+    def __init__(self, models: Sequence[str], prices: PriceTable, expected_output_tokens, tokenizer=None,
+                 equal_cost: bool = False, output_tokens_source: Mapping[str, str] | None = None):
+        if isinstance(models, str):
+            raise TypeError("models must be a list of model names, got one str")
+        names = tuple(models)
+        if not names:
+            raise ValueError("a cost model needs at least one model")
+        if not isinstance(prices, PriceTable):
+            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
+        missing = [m for m in names if m not in prices]
         if missing:
-            raise ValueError(f"output_tokens has no entry for models {missing}")
-        eo = np.array([float(output_tokens[m]) for m in table.models], dtype=np.float64)
-    else:
-        eo = np.asarray(output_tokens, dtype=np.float64)
-        if eo.shape != (N,):
-            raise ValueError(f"output_tokens must have shape ({N},), got {eo.shape}")
-    if output_tokens is not None and (np.isnan(eo).any() or (eo < 0).any() or np.isinf(eo).any()):
-        raise ValueError("output_tokens must be finite and >= 0")
+            raise ValueError(f"no price for models {missing}")
+        if tokenizer is not None and not callable(tokenizer):
+            raise TypeError(f"tokenizer must be callable (text -> token ids), got {type(tokenizer).__name__}")
+        self.models = names
+        self.prices = PriceTable({m: prices.get(m) for m in names})
+        self.expected_output_tokens = per_model_tokens(expected_output_tokens, names)
+        self.input_price, self.output_price = self.prices.per_token(names)  # USD per token, [N] each
+        self._output_cost = self.expected_output_tokens * self.output_price  # [N]: the prompt-independent part
+        self.tokenizer = tokenizer
+        self.equal_cost = bool(equal_cost)
+        self.output_tokens_source = dict(output_tokens_source or {})
 
-    real = np.isfinite(table.cost) if table.cost is not None else np.zeros((P, N), dtype=bool)
-    need = ~real.all(axis=0) & np.isnan(eo)
-    if need.any():
-        names = [table.models[n] for n in np.flatnonzero(need)]
-        raise ValueError(
-            f"no output-length data for models {names} and some of their calls have no real cost; "
-            f"pass output_tokens= (expected output tokens per model)"
-        )
-    tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
-    C = call_costs(tok, pin, pout, np.nan_to_num(eo, nan=0.0))
-    if real.any():
-        C = np.where(real, table.cost, C)
-    return C
+    def __repr__(self) -> str:
+        return f"CostModel({len(self.models)} models{', equal cost' if self.equal_cost else ''})"
+
+    # ---- building it from data -------------------------------------------------------------------------
+    @classmethod
+    def from_table(cls, table, prices: PriceTable | None = None, rows=None,
+                   default_output_tokens: float | None = None, equal_cost: bool = False, tokenizer=None) -> "CostModel":
+        """The cost model of `table`'s models, learnt from rows `rows` (default all) of the table.
+
+        prices: the user's PriceTable (default: the shipped one); every model needs a price, except one whose calls
+        all carry a real `cost`: its price is then fitted to those costs (least squares of cost on input tokens,
+        both terms >= 0). Expected output tokens of a model: its mean observed output length over `rows`; where a
+        model has none, `default_output_tokens` (DEFAULT_OUTPUT_TOKENS); where its calls carry real costs, the
+        value that makes the mean expected cost over those calls equal their mean real cost.
+        equal_cost: every model gets one price and the default output length: quality-only routing.
+        A model without a price raises ValueError naming every such model.
+        """
+        default = DEFAULT_OUTPUT_TOKENS if default_output_tokens is None else _check_price(
+            default_output_tokens, "default_output_tokens")
+        models = list(table.models)
+        idx = np.arange(table.n_prompts) if rows is None else np.asarray(rows, dtype=np.int64)
+        if equal_cost:
+            same = ModelPrice(1.0, 1.0, False, "equal cost: every model priced alike (quality-only routing)")
+            return cls(models, PriceTable({m: same for m in models}), np.full(len(models), default), tokenizer,
+                       equal_cost=True, output_tokens_source={m: f"default {default:g}" for m in models})
+        prices = PriceTable.load() if prices is None else prices
+        if not isinstance(prices, PriceTable):
+            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
+        tok = (table.input_tokens if table.input_tokens is not None
+               else count_tokens(table.prompts, tokenizer)).astype(np.float64)[idx]
+        cost = None if table.cost is None else np.asarray(table.cost, dtype=np.float64)[idx]
+        observed = expected_output_tokens(table.subset(idx)) if table.output_tokens is not None else \
+            np.full(len(models), np.nan)
+        fitted, unpriced = {}, []
+        for j, m in enumerate(models):
+            if m in prices:
+                continue
+            if cost is not None and idx.size and np.isfinite(cost[:, j]).all():
+                fitted[m] = _fit_price(tok, cost[:, j], observed[j] if np.isfinite(observed[j]) else default)
+            else:
+                unpriced.append(m)
+        if unpriced:
+            raise ValueError(f"no price for models {unpriced}: give a prices file with them (--prices FILE, columns "
+                             f"{','.join(COLUMNS)}), a per-call cost column for all their rows, or --equal-cost "
+                             f"for quality-only routing")
+        prices = prices.with_overrides(fitted) if fitted else prices
+        pin, pout = prices.per_token(models)
+        eo = np.where(np.isfinite(observed), observed, default)
+        source = {m: ("mean of observed outputs" if np.isfinite(observed[j]) else f"default {default:g}")
+                  for j, m in enumerate(models)}
+        if cost is not None:
+            for j, m in enumerate(models):
+                real = np.isfinite(cost[:, j])
+                if not real.any() or pout[j] <= 0 or m in fitted:
+                    continue
+                eo[j] = max(0.0, (cost[real, j].mean() - tok[real].mean() * pin[j]) / pout[j])
+                source[m] = f"calibrated to the mean real cost of {int(real.sum())} calls"
+        for m in fitted:
+            source[m] = "price fitted to the real costs of its calls"
+        return cls(models, prices, eo, tokenizer, output_tokens_source=source)
+
+    # ---- pricing calls -----------------------------------------------------------------------------------
+    def input_tokens(self, prompts: Sequence[str]) -> np.ndarray:
+        """Input tokens of each prompt, int32 [B] (the tokenizer's count, else ceil(chars / 4))."""
+        return count_tokens(prompts, self.tokenizer)
+
+    def costs(self, prompts: Sequence[str], input_tokens=None) -> np.ndarray:
+        """C float64 [B, N]: expected USD of calling each model on each prompt (input_tokens [B]: counted if None)."""
+        tok = self.input_tokens(prompts) if input_tokens is None else input_tokens
+        tok = np.asarray(tok, dtype=np.float64)
+        if tok.shape != (len(prompts),):
+            raise ValueError(f"input_tokens must have shape ({len(prompts)},), got {tok.shape}")
+        return tok[:, None] * self.input_price[None, :] + self._output_cost[None, :]
+
+    def _columns(self, table) -> np.ndarray:
+        try:
+            return np.array([table.models.index(m) for m in self.models], dtype=np.int64)
+        except ValueError:
+            missing = [m for m in self.models if m not in table.models]
+            raise ValueError(f"the table has no column for models {missing}") from None
+
+    def expected(self, table) -> np.ndarray:
+        """What a router expects each call of its models on `table`'s prompts to cost [P, N] (never the call's real
+        cost, unknown before the call): input tokens from table.input_tokens where given."""
+        return self.costs(table.prompts, table.input_tokens)
+
+    def true(self, table) -> np.ndarray:
+        """What each call really cost [P, N] (for scoring decisions): the table's real cost where it has one; else
+        input tokens x input price + the call's observed output tokens x output price (NaN where that call's output
+        length is unknown); a table with no output lengths at all uses the expected output tokens."""
+        if self.equal_cost:
+            return self.expected(table)
+        cols = self._columns(table)
+        tok = (table.input_tokens if table.input_tokens is not None else self.input_tokens(table.prompts))
+        if table.output_tokens is not None:
+            out = table.output_tokens[:, cols].astype(np.float64)
+        else:
+            out = np.broadcast_to(self.expected_output_tokens, (table.n_prompts, len(self.models)))
+        C = np.asarray(tok, dtype=np.float64)[:, None] * self.input_price[None, :] + out * self.output_price[None, :]
+        if table.cost is not None:
+            real = table.cost[:, cols]
+            C = np.where(np.isfinite(real), real, C)
+        return C
+
+    def describe(self) -> dict:
+        """JSON-able summary stored in a saved router's metadata: token counter, equal cost, output-token sources."""
+        return {"token_counter": "tokenizer" if self.tokenizer is not None else "ceil(chars / 4)",
+                "equal_cost": self.equal_cost, "output_tokens_source": dict(self.output_tokens_source)}
 
 
-def costs_for_prompts(prompts: Sequence[str], models: Sequence[str], prices: PriceTable, expected_output,
-                      tokenizer=None) -> np.ndarray:
-    """Expected USD per call of each of `models` on new `prompts` -> float64 [B, N] (`call_costs` with input tokens
-    counted by `count_tokens(prompts, tokenizer)`; expected_output: [N] array or {model: tokens})."""
-    eo = per_model_tokens(expected_output, models, "expected_output")
-    pin, pout = prices.per_token(models)
-    return call_costs(count_tokens(prompts, tokenizer), pin, pout, eo)
+def _fit_price(tokens: np.ndarray, cost: np.ndarray, output_tokens: float) -> ModelPrice:
+    """A price reproducing real per-call costs: cost ~ a * input_tokens + b by least squares with a, b >= 0;
+    input price a, and b spread over `output_tokens` as the output price."""
+    A = np.stack([tokens, np.ones_like(tokens)], 1)
+    (a, b), *_ = np.linalg.lstsq(A, cost, rcond=None)
+    if a < 0:
+        a, b = 0.0, float(cost.mean())
+    elif b < 0:
+        a, b = float((tokens @ cost) / max(tokens @ tokens, 1e-300)), 0.0
+    out = max(float(output_tokens), 1.0)
+    return ModelPrice(max(a, 0.0) * 1e6, max(b, 0.0) / out * 1e6, False, "fitted to the per-call cost column")
 
 
 def per_model_tokens(values, models: Sequence[str], name: str = "expected_output_tokens") -> np.ndarray:

@@ -1,7 +1,7 @@
 """Router: prompts in, one LLM per prompt out.
 
     Q = Predictor.predict(prompts)                                      [B, N] predicted P(correct) per model
-    C = tokens(prompt) * input_price + expected_output_tokens * output_price     [B, N] expected USD per call
+    C = CostModel.costs(prompts): tokens * input_price + expected_output_tokens * output_price   [B, N] USD per call
     choice = selector mode of the policy (caps, floor, lambda, batch budget) on (Q, C)   [B]
 
 `Router.route` returns one `Decision` per prompt. `Router.aroute` is the same for an event loop: the predictor
@@ -51,30 +51,32 @@ class Router:
     """A predictor plus a cost model plus the selector.
 
     predictor: anything with `model_names` and `predict(prompts) -> [B, N]` (a `routoo_fast.Predictor`).
-    prices: a `routoo_fast.costs.PriceTable` with a price for every model.
-    expected_output_tokens: expected output tokens per model, `{model: tokens}` or an array [N].
-    tokenizer: `text -> token ids` used to count input tokens for the cost; None = ceil(chars / 4).
+    prices: a `routoo_fast.costs.CostModel` of those models, or a `PriceTable` with a price for every model
+    together with expected_output_tokens (per model, `{model: tokens}` or an array [N]) and tokenizer
+    (`text -> token ids` used to count input tokens for the cost; None = ceil(chars / 4)): a CostModel is built.
     """
 
-    def __init__(self, predictor, prices, expected_output_tokens, tokenizer=None):
-        from .costs import PriceTable, per_model_tokens
+    def __init__(self, predictor, prices, expected_output_tokens=None, tokenizer=None):
+        from .costs import CostModel
 
         names = tuple(predictor.model_names)
         if not names:
             raise ValueError("the predictor scores no models")
-        if not isinstance(prices, PriceTable):
-            raise TypeError(f"prices must be a PriceTable, got {type(prices).__name__}")
-        eo = per_model_tokens(expected_output_tokens, names)
-        if tokenizer is not None and not callable(tokenizer):
-            raise TypeError(f"tokenizer must be callable (text -> token ids), got {type(tokenizer).__name__}")
+        if isinstance(prices, CostModel):
+            if expected_output_tokens is not None or tokenizer is not None:
+                raise TypeError("with a CostModel, pass neither expected_output_tokens nor tokenizer (it has them)")
+            if prices.models != names:
+                raise ValueError(f"the cost model prices {list(prices.models)}, the predictor scores {list(names)}")
+            cost_model = prices
+        else:
+            if expected_output_tokens is None:
+                raise TypeError("expected_output_tokens is required with a PriceTable (or pass a CostModel)")
+            cost_model = CostModel(names, prices, expected_output_tokens, tokenizer)
         self.predictor = predictor
         self.model_names = names
         self._index = {name: i for i, name in enumerate(names)}
-        self.prices = prices
-        self._price_in, self._price_out = prices.per_token(names)  # USD per token, [N] each
-        self._expected_output = eo
-        self._output_cost = eo * self._price_out  # [N]: the prompt-independent part of C
-        self.tokenizer = tokenizer
+        self.cost_model = cost_model
+        self.prices = cost_model.prices
         # one predictor pass at a time: HF fast tokenizers are not safe to share between threads
         self._predict_lock = threading.Lock()
         self.batcher: MicroBatcher | None = None
@@ -109,7 +111,7 @@ class Router:
                      if v is not None}
         encoder = Encoder.from_spec(spec, **overrides)
         predictor = Predictor(encoder, saved.head, saved.model_names, backend=backend)
-        return cls(predictor, saved.prices, saved.expected_output_tokens)
+        return cls(predictor, saved.cost_model)
 
     # ---- prediction and costs ----------------------------------------------------------------------------
     def predict(self, prompts) -> np.ndarray:
@@ -125,10 +127,7 @@ class Router:
         return self._costs(prompts)
 
     def _costs(self, prompts: list[str]) -> np.ndarray:
-        from .costs import count_tokens  # the one token counter, also used for the training costs
-
-        tokens = count_tokens(prompts, self.tokenizer).astype(np.float64)
-        return tokens[:, None] * self._price_in[None, :] + self._output_cost[None, :]
+        return self.cost_model.costs(prompts)
 
     # ---- routing -----------------------------------------------------------------------------------------
     def route(self, prompts, policy="max_quality") -> list[Decision]:

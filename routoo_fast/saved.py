@@ -36,6 +36,17 @@ class SavedRouter:
     expected_output_tokens: np.ndarray  # float64 [N]
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def cost_model(self):
+        """The router's `costs.CostModel`: its prices and expected output tokens (equal cost if trained so)."""
+        from routoo_fast.costs import CostModel
+
+        info = self.metadata.get("cost_model") if isinstance(self.metadata, dict) else None
+        info = info if isinstance(info, dict) else {}
+        return CostModel(self.model_names, self.prices, self.expected_output_tokens,
+                         equal_cost=bool(info.get("equal_cost", False)),
+                         output_tokens_source=info.get("output_tokens_source") or {})
+
 
 def _price_table(prices, model_names):
     from routoo_fast.costs import PriceTable
@@ -75,12 +86,26 @@ def _head_tensors(head) -> dict:
     return {k: v.detach().to("cpu").float().contiguous().clone() for k, v in tensors.items()}
 
 
-def save_router(path, head, model_names, encoder_spec: dict, prices, expected_output_tokens,
+def save_router(path, head, model_names, encoder_spec: dict, prices, expected_output_tokens=None,
                 metadata: dict | None = None) -> Path:
-    """Write a router directory at `path` (replacing any old one only once the new one is complete)."""
+    """Write a router directory at `path` (replacing any old one only once the new one is complete).
+
+    prices: a `costs.CostModel` (then expected_output_tokens is taken from it and its `describe()` goes to
+    metadata["cost_model"]), or a PriceTable / price mapping together with expected_output_tokens."""
     import torch
     from safetensors.torch import save_file
 
+    from routoo_fast.costs import CostModel
+
+    if isinstance(prices, CostModel):
+        if expected_output_tokens is not None:
+            raise TypeError("with a CostModel, expected_output_tokens comes from it: pass None")
+        if list(prices.models) != list(model_names):
+            raise ValueError(f"the cost model prices {list(prices.models)}, model_names are {list(model_names)}")
+        metadata = {**(metadata or {}), "cost_model": prices.describe()}
+        prices, expected_output_tokens = prices.prices, prices.expected_output_tokens
+    elif expected_output_tokens is None:
+        raise TypeError("expected_output_tokens is required with a PriceTable (or pass a CostModel as prices)")
     names = _check_names(model_names)
     if head.n_models != len(names):
         raise ValueError(f"head scores {head.n_models} models but model_names has {len(names)}")

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from routoo_fast.costs import (
+    DEFAULT_OUTPUT_TOKENS,
     DEFAULT_PRICES,
     ModelPrice,
     PriceTable,
+    CostModel,
     call_costs,
-    costs_for_prompts,
-    expected_cost,
     expected_output_tokens,
 )
 from routoo_fast.data import OutcomeTable, load_default, load_routerbench, load_zeroeval
@@ -30,8 +30,8 @@ def prices():
     return PriceTable.load()
 
 
-def expected_cost_reference(table, prices, eo):
-    """Slow, obviously-correct expected cost: one Python loop iteration per (prompt, model)."""
+def true_cost_reference(table, prices, eo):
+    """Slow, obviously-correct true cost of each call: one Python loop iteration per (prompt, model)."""
     C = np.zeros((table.n_prompts, table.n_models))
     for p in range(table.n_prompts):
         for n, m in enumerate(table.models):
@@ -39,7 +39,8 @@ def expected_cost_reference(table, prices, eo):
                 C[p, n] = table.cost[p, n]
             else:
                 price = prices.get(m)
-                C[p, n] = (table.input_tokens[p] * price.input_usd_per_mtok + eo[n] * price.output_usd_per_mtok) / 1e6
+                out = eo[n] if table.output_tokens is None else float(table.output_tokens[p, n])
+                C[p, n] = (table.input_tokens[p] * price.input_usd_per_mtok + out * price.output_usd_per_mtok) / 1e6
     return C
 
 
@@ -192,58 +193,87 @@ def hand_table():
 HAND_PRICES = PriceTable({"x": ModelPrice(1.0, 2.0), "y": ModelPrice(10.0, 20.0), "z": ModelPrice(0, 0)})
 
 
-def test_expected_cost_by_hand():
+def test_cost_model_by_hand():
     t = hand_table()
     np.testing.assert_array_equal(expected_output_tokens(t), [20.0, 50.0])
-    C = expected_cost(t, HAND_PRICES)
-    # x: input * 1e-6 + 20 * 2e-6; y row 1: 300 * 10e-6 + 50 * 20e-6; y row 0: real cost 0.5
-    expected = np.array([[100e-6 + 40e-6, 0.5], [300e-6 + 40e-6, 3000e-6 + 1000e-6]])
-    np.testing.assert_allclose(C, expected, rtol=1e-12)
-    assert C.dtype == np.float64 and C.shape == (2, 2)
-    C2 = expected_cost(t, HAND_PRICES, output_tokens={"x": 0, "y": 100})
-    np.testing.assert_allclose(C2, [[100e-6, 0.5], [300e-6, 3000e-6 + 2000e-6]], rtol=1e-12)
-    np.testing.assert_allclose(expected_cost(t, HAND_PRICES, output_tokens=[0, 100]), C2, rtol=1e-12)
+    cm = CostModel(["x", "y"], HAND_PRICES, [20.0, 50.0])
+    # expected: x: input * 1e-6 + 20 * 2e-6; y: input * 10e-6 + 50 * 20e-6 (never the real cost)
+    expected = np.array([[100e-6 + 40e-6, 1000e-6 + 1000e-6], [300e-6 + 40e-6, 3000e-6 + 1000e-6]])
+    np.testing.assert_allclose(cm.expected(t), expected, rtol=1e-12)
+    # true: the real cost where given (y row 0), else the call's own output length (x: 10 and 30 tokens)
+    true = cm.true(t)
+    np.testing.assert_allclose(true, [[100e-6 + 20e-6, 0.5], [300e-6 + 60e-6, 3000e-6 + 1000e-6]], rtol=1e-12)
+    assert true.dtype == np.float64 and true.shape == (2, 2)
+    # new prompts: ceil(chars / 4) input tokens, the one token counter
+    C = cm.costs(["abcd", "abcdefgh"])
+    np.testing.assert_allclose(C, [[1e-6 + 40e-6, 10e-6 + 1000e-6], [2e-6 + 40e-6, 20e-6 + 1000e-6]], rtol=1e-12)
+    np.testing.assert_allclose(CostModel(["x", "y"], HAND_PRICES, {"y": 50, "x": 20}).costs(["abcd"]), C[:1])
 
 
-def test_expected_cost_without_token_counts_uses_char_estimate():
-    t = dataclasses.replace(hand_table(), input_tokens=None, cost=None)
-    C = expected_cost(t, HAND_PRICES)
-    np.testing.assert_allclose(C[:, 0], [1e-6 + 40e-6, 2e-6 + 40e-6], rtol=1e-12)  # "abcd" -> 1 token, 8 chars -> 2
-
-
-def test_expected_cost_errors():
-    t = hand_table()
-    no_out = dataclasses.replace(t, output_tokens=None)
-    with pytest.raises(ValueError, match=r"no output-length data for models \['x', 'y'\]"):
-        expected_cost(no_out, HAND_PRICES)
-    all_real = dataclasses.replace(no_out, cost=np.ones((2, 2)))
-    np.testing.assert_array_equal(expected_cost(all_real, HAND_PRICES), np.ones((2, 2)))
-    with pytest.raises(ValueError, match="unknown model 'y'"):
-        expected_cost(t, PriceTable({"x": ModelPrice(1, 1)}))
-    with pytest.raises(ValueError, match=r"output_tokens must have shape \(2,\)"):
-        expected_cost(t, HAND_PRICES, output_tokens=[1, 2, 3])
-    with pytest.raises(ValueError, match="output_tokens must be finite"):
-        expected_cost(t, HAND_PRICES, output_tokens=[1, -2])
+def test_cost_model_errors():
+    with pytest.raises(ValueError, match=r"no price for models \['w'\]"):
+        CostModel(["x", "w"], HAND_PRICES, [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"expected_output_tokens must have shape \(2,\)"):
+        CostModel(["x", "y"], HAND_PRICES, [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="expected_output_tokens must be finite"):
+        CostModel(["x", "y"], HAND_PRICES, [1.0, -2.0])
     with pytest.raises(ValueError, match=r"no entry for models \['y'\]"):
-        expected_cost(t, HAND_PRICES, output_tokens={"x": 1})
+        CostModel(["x", "y"], HAND_PRICES, {"x": 1})
     with pytest.raises(TypeError, match="prices must be a PriceTable"):
-        expected_cost(t, {"x": (1, 1)})
-
-
-def test_costs_for_new_prompts():
-    C = costs_for_prompts(["abcd", "abcdefgh"], ["y", "x"], HAND_PRICES, {"x": 20, "y": 50})
-    np.testing.assert_allclose(C, [[10e-6 + 1000e-6, 1e-6 + 40e-6], [20e-6 + 1000e-6, 2e-6 + 40e-6]], rtol=1e-12)
-    with pytest.raises(ValueError, match=r"expected_output must have shape \(2,\)"):
-        costs_for_prompts(["a"], ["x", "y"], HAND_PRICES, [1.0])
+        CostModel(["x"], {"x": (1, 1)}, [1.0])
     with pytest.raises(ValueError, match="input_tokens must be finite and >= 0"):
         call_costs([-1], [1.0], [1.0], [1.0])
     with pytest.raises(ValueError, match="1-D of one length N"):
         call_costs([1], [1.0, 2.0], [1.0], [1.0])
 
 
-def test_expected_cost_on_default_table(prices):
+def test_cost_model_from_table():
+    t = dataclasses.replace(hand_table(), cost=None)
+    cm = CostModel.from_table(t, HAND_PRICES)
+    np.testing.assert_allclose(cm.expected_output_tokens, [20.0, 50.0])
+    assert cm.models == ("x", "y") and len(cm.prices) == 2  # only the table's models
+    # only the given rows count; a model without output lengths there gets the stated default
+    cm = CostModel.from_table(t, HAND_PRICES, rows=[0], default_output_tokens=7.0)
+    np.testing.assert_allclose(cm.expected_output_tokens, [10.0, 7.0])
+    assert cm.output_tokens_source["y"] == "default 7"
+    cm = CostModel.from_table(dataclasses.replace(t, output_tokens=None), HAND_PRICES)
+    assert np.all(cm.expected_output_tokens == DEFAULT_OUTPUT_TOKENS)
+    # a model without a price: one error naming every such model and the fixes
+    with pytest.raises(ValueError, match=r"no price for models \['y'\].*--prices.*--equal-cost"):
+        CostModel.from_table(t, PriceTable({"x": ModelPrice(1, 1)}))
+
+
+def test_cost_model_from_a_cost_column():
+    # y's real costs drive its expected output: mean real cost 0.003 = mean input (200 tokens) * 10e-6 + eo * 20e-6
+    t = dataclasses.replace(hand_table(), cost=np.array([[np.nan, 0.002], [np.nan, 0.004]]))
+    cm = CostModel.from_table(t, HAND_PRICES)
+    np.testing.assert_allclose(cm.expected_output_tokens, [20.0, (0.003 - 200 * 10e-6) / 20e-6])
+    np.testing.assert_allclose(cm.expected(t)[:, 1].mean(), 0.003, rtol=1e-12)
+    # a model with no price but a real cost for every call: its price is fitted to them (cost = 1e-5 * tokens)
+    t2 = dataclasses.replace(t, cost=np.array([[np.nan, 0.001], [np.nan, 0.003]]))
+    cm = CostModel.from_table(t2, PriceTable({"x": ModelPrice(1.0, 2.0)}))
+    np.testing.assert_allclose(cm.expected(t2)[:, 1], [0.001, 0.003], rtol=1e-9, atol=1e-15)
+    assert "fitted" in cm.prices.get("y").source
+    # the user's price overrides the shipped one
+    shipped = PriceTable.load()
+    m = shipped.models[0]
+    mine = shipped.with_overrides({m: (0.01, 0.02)})
+    t3 = OutcomeTable(prompts=["abcd"], models=[m], scores=np.ones((1, 1)), output_tokens=np.array([[4.0]]))
+    np.testing.assert_allclose(CostModel.from_table(t3, mine).expected(t3), [[(1 * 0.01 + 4 * 0.02) / 1e6]])
+
+
+def test_equal_cost_is_quality_only():
+    t = hand_table()
+    cm = CostModel.from_table(t, equal_cost=True)
+    C = cm.expected(t)
+    assert cm.equal_cost and np.all(C == C[:, :1])  # one cost per prompt, the same for every model
+    np.testing.assert_array_equal(cm.true(t), C)
+    assert cm.describe()["equal_cost"] is True
+
+
+def test_cost_model_on_default_table(prices):
     t = load_default()
-    C = expected_cost(t, prices)
+    C = CostModel.from_table(t, prices).expected(t)
     assert C.shape == (6810, 29) and np.isfinite(C).all() and (C > 0).all()
     mean = dict(zip(t.models, C.mean(axis=0)))
     assert mean["gemini-1.5-flash-002"] < mean["Meta-Llama-3_1-70B-Instruct"] < mean["gemini-1.5-pro-002"]
@@ -255,7 +285,7 @@ def test_expected_cost_on_default_table(prices):
     P=st.integers(1, 6),
     N=st.integers(1, 4),
 )
-def test_expected_cost_matches_reference(data, P, N):
+def test_true_cost_matches_reference(data, P, N):
     finite = st.floats(0, 1e4, allow_nan=False)
     out = data.draw(hnp.arrays(np.float64, (P, N), elements=st.one_of(finite, st.just(np.nan))))
     out[0] = data.draw(hnp.arrays(np.float64, (N,), elements=finite))  # every model seen at least once
@@ -267,4 +297,5 @@ def test_expected_cost_matches_reference(data, P, N):
                          input_tokens=tokens, output_tokens=out)
     eo = np.array([np.mean([float(np.float32(v)) for v in out[:, n] if not np.isnan(v)]) for n in range(N)])
     np.testing.assert_allclose(expected_output_tokens(table), eo, rtol=1e-9)
-    np.testing.assert_allclose(expected_cost(table, prices), expected_cost_reference(table, prices, eo), rtol=1e-9)
+    cm = CostModel.from_table(table, prices)
+    np.testing.assert_allclose(cm.true(table), true_cost_reference(table, prices, eo), rtol=1e-9)

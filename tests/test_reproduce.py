@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from routoo_fast.evaluation import reproduce as rp
-from routoo_fast.costs import ModelPrice, PriceTable
+from routoo_fast.costs import CostModel, ModelPrice, PriceTable
 from routoo_fast.data import OutcomeTable, load_default
 from routoo_fast.train.recipe import Recipe
 from routoo_fast.router import DEFAULT_ROUTER
@@ -51,26 +51,28 @@ def test_shipped_encodings_belong_to_the_bundled_prompts_and_the_default_router(
 def test_true_and_predicted_costs_by_hand():
     t = OutcomeTable(prompts=["p0", "p1"], models=["a", "b"], scores=np.array([[1, 0], [0, 1]]),
                      input_tokens=np.array([100, 200]), output_tokens=np.array([[10, np.nan], [20, 40]]))
-    pr = _prices()
-    C = rp.true_costs(t, pr, expected_output=[5.0, 6.0])
+    cm = CostModel(["a", "b"], _prices(), [5.0, 6.0])
+    C = cm.true(t)
     np.testing.assert_allclose(C[0, 0], (100 * 1.0 + 10 * 2.0) / 1e6)
     np.testing.assert_allclose(C[1, 1], (200 * 10.0 + 40 * 30.0) / 1e6)
     assert np.isnan(C[0, 1])  # no observed output for that call: unknown true cost
-    Cp = rp.predicted_costs(t, pr, [5.0, 6.0])
+    Cp = cm.expected(t)
     np.testing.assert_allclose(Cp, [[(100 + 10) / 1e6, (1000 + 180) / 1e6], [(200 + 10) / 1e6, (2000 + 180) / 1e6]])
     # a source with real per-call costs: those win
     t.cost = np.array([[0.5, np.nan], [np.nan, 0.25]])
-    C = rp.true_costs(t, pr, [5.0, 6.0])
+    C = cm.true(t)
     assert C[0, 0] == 0.5 and C[1, 1] == 0.25
     # a source without output lengths: the expected output is the best estimate of the true one
     t2 = OutcomeTable(prompts=["p0"], models=["a", "b"], scores=np.array([[1, 0]]), input_tokens=np.array([100]))
-    np.testing.assert_allclose(rp.true_costs(t2, pr, [1.0, 1.0]), [[(100 * 1.0 + 1 * 2.0) / 1e6, (100 * 10.0 + 1 * 30.0) / 1e6]])
+    cm1 = CostModel(["a", "b"], _prices(), [1.0, 1.0])
+    np.testing.assert_allclose(cm1.true(t2), [[(100 * 1.0 + 1 * 2.0) / 1e6, (100 * 10.0 + 1 * 30.0) / 1e6]])
 
 
 def test_mean_output_tokens_uses_only_the_given_rows():
     t = OutcomeTable(prompts=["p0", "p1", "p2"], models=["a", "b"], scores=np.zeros((3, 2)),
                      output_tokens=np.array([[10, np.nan], [30, np.nan], [1000, 7]]))
-    np.testing.assert_allclose(rp.mean_output_tokens(t, [0, 1], fallback=3.0), [20.0, 3.0])
+    cm = CostModel.from_table(t, _prices(), rows=[0, 1], default_output_tokens=3.0)
+    np.testing.assert_allclose(cm.expected_output_tokens, [20.0, 3.0])
 
 
 def _synthetic_dataset(P=240, N=3, D=8, seed=0):
@@ -147,8 +149,8 @@ def test_shipped_router_beats_the_random_mix_on_held_out_mmlu_pro():
     ok = np.isfinite(sub.scores).all(1)
     with torch.no_grad():
         q = saved.head.probs(torch.from_numpy(x[te][ok])).numpy()
-    C_true = rp.true_costs(sub, saved.prices, saved.expected_output_tokens)[ok]
-    C_pred = rp.predicted_costs(sub, saved.prices, saved.expected_output_tokens)[ok]
+    C_true = saved.cost_model.true(sub)[ok]
+    C_pred = saved.cost_model.expected(sub)[ok]
     pool = evaluate_pool("whole", sub.scores[ok], C_true, sub.models, {"routoo": q}, C_pred=C_pred, budgets=False)
     rows = {r["router"]: r for r in pool.rows()}
     # bars with margin (measured on 1,257 held-out prompts: AIQ 0.698 vs 0.675, 72.2 % vs 70.0 % at the best

@@ -10,9 +10,10 @@ Datasets (held-out split = `split_by_hash(prompts)` == "test" unless the source 
 - "zeroeval_gsm", "zeroeval_math", "zeroeval_crux": ZeroEval pools (40 to 48 models each).
 For the non-bundled datasets a router is trained here with the shipped recipe (`routoo_fast.train.recipe`).
 
-Costs: routers decide with expected costs (input tokens x input price + the model's mean output tokens on the
-training prompts x output price, prices from assets/prices.csv); each decision is scored with the true cost of
-that call: the source's real USD where it has one (RouterBench), else the call's observed output tokens.
+Costs: routers decide with `costs.CostModel` expected costs (input tokens x input price + the model's mean output
+tokens on the training prompts x output price, prices from assets/prices.csv; calibrated to the real per-call costs
+where the source has them); each decision is scored with the true cost of that call (`CostModel.true`): the
+source's real USD where it has one (RouterBench), else the call's observed output tokens.
 Prompts with a missing outcome for any model of the pool are left out of that pool's held-out set.
 """
 from __future__ import annotations
@@ -90,43 +91,6 @@ def features(prompts: Sequence[str], encoder, cache_dir=None, progress: bool = F
     return encode_cached(encoder, prompts, cache_dir=cache_dir, progress=progress)
 
 
-# ------------------------------------------------------------------------------------------------------ costs
-def true_costs(table, prices, expected_output) -> np.ndarray:
-    """What each call really cost [P, N]: table.cost where present, else input tokens x input price + the call's
-    observed output tokens x output price; a source with no output lengths at all uses expected_output [N]."""
-    from routoo_fast.costs import estimate_tokens
-
-    pin, pout = prices.per_token(table.models)
-    tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
-    if table.output_tokens is not None:
-        out = table.output_tokens
-    else:
-        out = np.broadcast_to(np.asarray(expected_output, dtype=np.float64), table.scores.shape)
-    C = tok[:, None].astype(np.float64) * pin[None, :] + out.astype(np.float64) * pout[None, :]
-    if table.cost is not None:
-        C = np.where(np.isfinite(table.cost), table.cost, C)
-    return C
-
-
-def predicted_costs(table, prices, expected_output) -> np.ndarray:
-    """What a router expects each call to cost [P, N]: input tokens x input price + expected_output[N] x output
-    price (never the call's real cost, which is unknown before the call)."""
-    from routoo_fast.costs import call_costs, estimate_tokens
-
-    pin, pout = prices.per_token(table.models)
-    tok = table.input_tokens if table.input_tokens is not None else estimate_tokens(table.prompts)
-    return call_costs(tok, pin, pout, expected_output)
-
-
-def mean_output_tokens(table, rows, fallback: float = 1.0) -> np.ndarray:
-    """Mean observed output tokens per model over `rows` [N]; `fallback` where a model has none (no length data)."""
-    if table.output_tokens is None:
-        return np.full(table.n_models, fallback)
-    o = table.output_tokens[np.asarray(rows, dtype=np.int64)].astype(np.float64)
-    seen = np.isfinite(o)
-    return np.where(seen.any(0), np.where(seen, o, 0).sum(0) / np.maximum(seen.sum(0), 1), fallback)
-
-
 # ------------------------------------------------------------------------------------------------------ pools
 @dataclass
 class Dataset:
@@ -139,6 +103,7 @@ class Dataset:
     pools: dict  # pool name -> list of model names
     strong_weak: tuple[str, str] | None = None
     notes: tuple[str, ...] = ()
+    default_output_tokens: float | None = None  # for models with no output lengths (None: costs.DEFAULT_OUTPUT_TOKENS)
 
 
 def _idx(split, name) -> np.ndarray:
@@ -168,7 +133,7 @@ def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
                                         root / "routellm" / "mmlu_contaminated_prompts.jsonl")
         return Dataset(name, t, outcomes.split_by_hash(t.prompts), t.meta["subject"],
                        {"RouteLLM MMLU, Mixtral-8x7B vs GPT-4-1106": list(t.models)},
-                       strong_weak=(ROUTELLM_STRONG, ROUTELLM_WEAK),
+                       strong_weak=(ROUTELLM_STRONG, ROUTELLM_WEAK), default_output_tokens=1.0,
                        notes=("costs: 1 output token per call (the answer letter; the source has no lengths)",))
     if name == "routerbench":
         t = outcomes.load_routerbench(root / "routerdc" / "routerbench_zs")
@@ -195,12 +160,17 @@ def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
     return Dataset(name, t, outcomes.split_by_hash(t.prompts), None, {f"ZeroEval {task}": models}, notes=notes)
 
 
-def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_output=None,
+def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_model=None,
                      recipe=None, progress: bool = False) -> list[PoolReport]:
     """Fit what is missing on train/val (the recipe head unless `head` is given, kNN, MF), evaluate every pool on
-    the held-out prompts with complete outcomes."""
+    the held-out prompts with complete outcomes.
+
+    cost_model: the `costs.CostModel` routers decide with (a saved router's); default: built from the train rows
+    with `prices` (`CostModel.from_table`). Decisions are scored with `cost_model.true`: real costs.
+    """
     import torch
 
+    from routoo_fast.costs import CostModel
     from routoo_fast.evaluation.baselines import KNNRouter, MFRouter
     from routoo_fast.train.recipe import fit_recipe_head
 
@@ -208,6 +178,10 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
     tr, va, te = _idx(ds.split, "train"), _idx(ds.split, "val"), _idx(ds.split, "test")
     if tr.size == 0 or te.size == 0:
         raise ValueError(f"dataset {ds.name!r} needs train and test prompts, got {tr.size} and {te.size}")
+    if cost_model is None:
+        cost_model = CostModel.from_table(t, prices, rows=tr, default_output_tokens=ds.default_output_tokens)
+    elif list(cost_model.models) != list(t.models):
+        raise ValueError(f"cost model prices {list(cost_model.models)}, the dataset has {list(t.models)}")
     trained_here = head is None
     if head is None:
         head = fit_recipe_head(x, t.scores, tr, va, groups=ds.groups, recipe=recipe, progress=progress)
@@ -216,10 +190,9 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
     q_knn = KNNRouter().fit(x, t.scores, tr, va)
     q_knn_te = q_knn.predict(x[te])
     q_mf = MFRouter().fit(x, t.scores, tr, va).predict(x[te])
-    eo = mean_output_tokens(t, tr) if expected_output is None else np.asarray(expected_output, dtype=np.float64)
     sub = t.subset(te)
-    C_pred = predicted_costs(sub, prices, eo)
-    C_true = true_costs(sub, prices, eo)
+    C_pred = cost_model.expected(sub)
+    C_true = cost_model.true(sub)
     reports = []
     for pool, models in ds.pools.items():
         cols = [t.model_index(m) for m in models]
@@ -230,7 +203,7 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
             f"routoo router: {'trained here with the shipped recipe' if trained_here else 'the shipped default router'}"
             f"; kNN k={q_knn.k} (chosen on val by AUC); MF dim {MFRouter().dim}, both fitted on train + val"]
         if va.size:
-            notes.append(_val_calibrated_point(t, va, cols, head, x, prices, eo, Y[ok], C_true[ok][:, cols],
+            notes.append(_val_calibrated_point(t, va, cols, head, x, cost_model, Y[ok], C_true[ok][:, cols],
                                                q_router[ok][:, cols], C_pred[ok][:, cols]))
         preds = {"routoo (this package)": q_router[ok][:, cols], f"kNN (k={q_knn.k})": q_knn_te[ok][:, cols],
                  "matrix factorisation": q_mf[ok][:, cols]}
@@ -239,7 +212,7 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices, head=None, expected_out
     return reports
 
 
-def _val_calibrated_point(t, va, cols, head, x, prices, eo, Y, C_true, Q, C_pred) -> str:
+def _val_calibrated_point(t, va, cols, head, x, cost_model, Y, C_true, Q, C_pred) -> str:
     """A deployable operating point: the best model and lambda are chosen on the val split (lambda such that the
     mean expected cost equals the best model's there, `selector.calibrate_lambda`), then applied to the test rows."""
     import torch
@@ -253,7 +226,7 @@ def _val_calibrated_point(t, va, cols, head, x, prices, eo, Y, C_true, Q, C_pred
         return "val-calibrated point: no val prompt with every outcome"
     with torch.no_grad():
         qv = head.probs(torch.from_numpy(x[va][ok])).numpy()[:, cols].astype(np.float64)
-    cv = predicted_costs(v, prices, eo)[ok][:, cols]
+    cv = cost_model.expected(v)[ok][:, cols]
     b = int(np.argmax(yv[ok].mean(0)))
     lam = calibrate_lambda(qv, cv, float(cv[:, b].mean()))
     choice = tradeoff(Q.astype(np.float64), C_pred, lam).choice
@@ -318,7 +291,7 @@ def run_reproduction(out_dir, router="default", datasets: Sequence[str] | str = 
         if name == "mmlu_pro":
             if list(saved.model_names) != list(ds.table.models):
                 raise ValueError(f"router {router!r} scores {saved.model_names}, not the MMLU-Pro models")
-            reps = evaluate_dataset(ds, x, saved.prices, head=saved.head, expected_output=saved.expected_output_tokens)
+            reps = evaluate_dataset(ds, x, head=saved.head, cost_model=saved.cost_model)
         else:
             reps = evaluate_dataset(ds, x, prices, progress=progress)
         pools += reps
