@@ -5,10 +5,19 @@ The "LLM" is deterministic so tests can check exactly what came back: it answers
 `"<model> says: <last user message reversed word by word>"`, non-streamed as one chat.completion object or
 streamed as Server-Sent Events (one chunk per word, then `data: [DONE]`), like the OpenAI API.
 
-Behaviour switches, chosen by the upstream model id the request names:
+Behaviour switches (faults to inject), chosen by the suffix of the upstream model id the request names:
 - `*-fail`: answers 500 with an OpenAI-style error (the router server must turn this into 502);
 - `*-badjson`: answers 200 with a body that is not JSON;
-- `*-slow`: waits `slow_s` seconds before answering.
+- `*-slow`: waits `slow_s` seconds before answering;
+- `*-ratelimit`: answers 429 with `Retry-After: 7`;
+- `*-gzip`: the answer (streamed or not) is gzip-compressed, with `Content-Encoding: gzip`; a stream is
+  compressed chunk by chunk (sync flushes), so it really arrives in pieces;
+- `*-drop`: sends the status line and part of the body (streamed: two whole events and half of a third), then
+  drops the connection;
+- `*-stall`: streams two events, then sends nothing more until the client goes away (non-streamed: never answers);
+- `*-nodone`: streams every event but ends cleanly without `data: [DONE]`;
+- `*-hang`: never answers; waits (at most `hang_s`) for the client to disconnect and records that in
+  `.disconnects`. A stalled stream that the client abandons is recorded there too.
 If started with `api_key`, requests without `Authorization: Bearer <api_key>` get 401.
 Every request body received is kept in `.received` so tests can check what the router forwarded.
 """
@@ -16,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import socket
 import threading
 import time
+import zlib
 from typing import Iterator
 
 import uvicorn
@@ -37,10 +48,12 @@ def reply_text(model: str, user_text: str) -> str:
 
 
 class FakeUpstream:
-    def __init__(self, api_key: str | None = None, slow_s: float = 2.0):
+    def __init__(self, api_key: str | None = None, slow_s: float = 2.0, hang_s: float = 60.0):
         self.api_key = api_key
         self.slow_s = slow_s
+        self.hang_s = hang_s
         self.received: list[dict] = []
+        self.disconnects: list[str] = []  # upstream model ids of requests whose client went away mid-answer
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request: Request) -> Response:
@@ -60,6 +73,16 @@ class FakeUpstream:
             return Response("<html>gateway error</html>", media_type="text/html")
         if model.endswith("-slow"):
             await asyncio.sleep(self.slow_s)
+        if model.endswith("-ratelimit"):
+            return _error(429, "rate limit reached, retry later", headers={"Retry-After": "7"})
+        if model.endswith("-hang") or (model.endswith("-stall") and not body.get("stream")):
+            deadline = time.monotonic() + self.hang_s
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    self.disconnects.append(model)
+                    break
+                await asyncio.sleep(0.01)
+            return _error(504, "hung request ended")
         user = [m for m in messages if m.get("role") == "user"]
         content = user[-1]["content"] if user else ""
         if isinstance(content, list):  # OpenAI content parts
@@ -67,18 +90,85 @@ class FakeUpstream:
         text = reply_text(model, content)
         created = int(time.time())
         if body.get("stream"):
-            return StreamingResponse(_sse(model, text, created), media_type="text/event-stream")
-        return JSONResponse(
-            {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()),
-                          "total_tokens": 7 + len(text.split())},
-            }
-        )
+            events = _sse(model, text, created)
+            if model.endswith("-gzip"):
+                return StreamingResponse(_gzip_stream(events), media_type="text/event-stream",
+                                         headers={"Content-Encoding": "gzip"})
+            if model.endswith("-drop"):
+                events = _drop_after(events, 2)
+            elif model.endswith("-stall"):
+                events = self._stall_after(events, 2, model)
+            elif model.endswith("-nodone"):
+                events = _without_done(events)
+            return StreamingResponse(events, media_type="text/event-stream")
+        answer = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()),
+                      "total_tokens": 7 + len(text.split())},
+        }
+        raw = json.dumps(answer).encode()
+        if model.endswith("-gzip"):
+            return Response(gzip.compress(raw), media_type="application/json", headers={"Content-Encoding": "gzip"})
+        if model.endswith("-drop"):
+            return StreamingResponse(_drop_after(_pieces(raw), 1), media_type="application/json",
+                                     headers={"Content-Length": str(len(raw))})
+        return Response(raw, media_type="application/json")
+
+    async def _stall_after(self, events, n: int, model: str):
+        """The first n events, then silence until the client goes away (the response task is cancelled)."""
+        async for i, event in _enumerate(events):
+            if i == n:
+                try:
+                    await asyncio.sleep(self.hang_s)
+                except asyncio.CancelledError:
+                    self.disconnects.append(model)
+                    raise
+                return
+            yield event
+
+
+class UpstreamDropped(Exception):
+    """Raised inside a fake response to make uvicorn drop the connection mid-body."""
+
+
+async def _enumerate(events):
+    i = 0
+    async for event in events:
+        yield i, event
+        i += 1
+
+
+async def _drop_after(pieces, n: int):
+    """The first n pieces, half of the next one, then a dropped connection."""
+    async for i, piece in _enumerate(pieces):
+        if i == n:
+            yield piece[: len(piece) // 2]
+            await asyncio.sleep(0.05)  # let the half piece reach the client before the connection goes
+            raise UpstreamDropped("fake upstream drops the connection mid-body")
+        yield piece
+
+
+async def _pieces(raw: bytes):
+    half = len(raw) // 2
+    yield raw[:half]
+    yield raw[half:]
+
+
+async def _without_done(events):
+    async for event in events:
+        if event != "data: [DONE]\n\n":
+            yield event
+
+
+async def _gzip_stream(events):
+    compressor = zlib.compressobj(wbits=31)  # gzip container
+    async for event in events:
+        yield compressor.compress(event.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    yield compressor.flush()
 
 
 async def _sse(model: str, text: str, created: int):
@@ -99,8 +189,9 @@ async def _sse(model: str, text: str, created: int):
     yield "data: [DONE]\n\n"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "fake_upstream_error"}}, status_code=status)
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "fake_upstream_error"}}, status_code=status,
+                        headers=headers)
 
 
 def free_port() -> int:
@@ -111,13 +202,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, timeout: float = 20.0) -> Iterator[str]:
+def serve_in_thread(app, timeout: float = 20.0, **uvicorn_config) -> Iterator[str]:
     """Run `app` on uvicorn in a daemon thread on 127.0.0.1:<free port>; yield its base URL; shut it down."""
+    with running_server(app, timeout, **uvicorn_config) as (url, _server, _thread):
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(app, timeout: float = 20.0, **uvicorn_config):
+    """`serve_in_thread` that also yields the `uvicorn.Server` and its thread, for tests that stop it themselves.
+    `uvicorn_config` goes to `uvicorn.Config` (e.g. `timeout_graceful_shutdown`)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(app, **{"log_level": "warning", "access_log": False, "lifespan": "on", **uvicorn_config})
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -129,7 +228,7 @@ def serve_in_thread(app, timeout: float = 20.0) -> Iterator[str]:
             raise RuntimeError(f"uvicorn did not start within {timeout} s")
         time.sleep(0.01)
     try:
-        yield f"http://{LOOPBACK}:{port}"
+        yield f"http://{LOOPBACK}:{port}", server, thread
     finally:
         server.should_exit = True
         thread.join(timeout)
