@@ -5,14 +5,21 @@ Endpoints:
   `{"decisions": [{"model", "predicted_quality", "expected_cost", "policy", "feasible"}, ...]}`.
 - `POST /v1/chat/completions`: OpenAI-compatible. `model: "router"` (server default policy), `"router:<policy>"`
   or the extra field `routoo_policy` routes the last user message, then forwards the request to the chosen model's
-  upstream (see `routoo_fast.upstreams`), streaming passed through as Server-Sent Events. The answer names the
-  model in the `x-routoo-model` header, and in the `model` field of non-streamed answers. Any other model name
+  upstream (see `routoo_fast.upstreams`), streaming relayed as Server-Sent Events (decoded: an upstream's gzip is
+  undone, never passed on). One rule for `model`, streamed or not: the answer's `model` field is the upstream's
+  own, untouched; the router model name that was chosen is in the `x-routoo-model` header. Any other model name
   configured in the upstreams file passes straight through.
-- `GET /healthz`, `GET /metrics` (Prometheus text format).
+- `GET /v1/models` (OpenAI's list format: `router`, example `router:<policy>` names, the upstream models),
+  `GET /healthz`, `GET /metrics` (Prometheus text format).
 
-Concurrent route requests share predictor passes through a `MicroBatcher` (unless `batching=False`). Errors are
-OpenAI-style `{"error": {"message", "type"}}`: bad input 400, bad/missing token 401, upstream down or failing 502,
-queue full 503 + Retry-After. The one `httpx.AsyncClient` and the batcher live in the app's lifespan.
+Concurrent route requests share predictor passes through a `MicroBatcher` (unless `batching=False`). Every error
+is JSON in OpenAI's format `{"error": {"message", "type", "param", "code"}}`: bad input 400 (bad JSON, NaN,
+nesting too deep, a lone surrogate...), bad/missing token 401, unknown path 404, wrong method 405, body over
+`max_body_bytes` 413 (counted while reading), upstream down or failing 502, upstream timeout 504, queue full 503 +
+Retry-After, an upstream's own 4xx (429 with its Retry-After) passed through, anything unexpected 500 (logged). A
+stream whose upstream fails after the 200 ends with `data: {"error": {...}}` instead of `data: [DONE]`. A client
+that leaves while a non-streamed upstream call runs cancels that call. The one `httpx.AsyncClient` and the batcher
+live in the app's lifespan.
 """
 from __future__ import annotations
 
@@ -20,19 +27,22 @@ import contextlib
 import hmac
 import json
 import logging
+import asyncio
 import math
+import re
 import time
 from dataclasses import replace
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -46,8 +56,13 @@ __all__ = ["create_app", "ROUTER_MODEL"]
 log = logging.getLogger("routoo_fast.server")
 
 ROUTER_MODEL = "router"
-_PATHS = ("/v1/route", "/v1/chat/completions", "/healthz", "/metrics")
+EXAMPLE_POLICIES = ("max_quality", "lambda=100", "min_quality=0.8", "max_cost=0.001")  # listed by /v1/models
+_PATHS = ("/v1/route", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics")
 _OPEN_PATHS = ("/healthz",)  # reachable without the bearer token (load balancer probes)
+_MAX_MESSAGE_CHARS = 2000  # error messages echo client input: keep them short
+# upstream response headers a client needs, passed on with an upstream's own 4xx (429's Retry-After above all)
+_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-request-id")
+_PASSED_PREFIXES = ("x-ratelimit-",)
 
 
 class HTTPError(Exception):
@@ -58,9 +73,14 @@ class HTTPError(Exception):
         self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
 
 
+def _error_body(message: str, kind: str) -> dict:
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "..."
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
 def _error_response(err: HTTPError) -> JSONResponse:
-    return JSONResponse({"error": {"message": err.message, "type": err.kind}}, status_code=err.status,
-                        headers=err.headers)
+    return JSONResponse(_error_body(err.message, err.kind), status_code=err.status, headers=err.headers)
 
 
 class Metrics:
@@ -75,15 +95,30 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.in_flight = Gauge("routoo_requests_in_flight", "HTTP requests being served, until the last body byte",
+                               ["path"], registry=self.registry)
         self.chosen = Counter("routoo_chosen_model", "Prompts routed to each model", ["model"], registry=self.registry)
-        self.spend = Counter("routoo_estimated_spend_usd", "Expected USD of routed calls, by model", ["model"],
-                             registry=self.registry)
+        self.spend = Counter("routoo_estimated_spend_usd",
+                             "Expected USD of routed chat completions forwarded upstream (not /v1/route decisions)",
+                             ["model"], registry=self.registry)
         self.batch_size = Histogram(
             "routoo_route_batch_prompts", "Prompts per route request", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
         self.upstream_errors = Counter("routoo_upstream_errors", "Failed upstream calls by model", ["model"],
                                        registry=self.registry)
+        self.upstream_latency = Histogram(
+            "routoo_upstream_latency_seconds", "Upstream chat calls, from sending the request to the last body byte",
+            ["model"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300), registry=self.registry,
+        )
+        self.upstream_ttfb = Histogram(
+            "routoo_upstream_ttfb_seconds",
+            "Upstream time to first body byte (for a stream: its first event), from sending the request",
+            ["model"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=self.registry,
+        )
+        self.upstream_cancelled = Counter(
+            "routoo_upstream_cancelled", "Non-streamed upstream calls cancelled because the client went away",
+            ["model"], registry=self.registry)
 
 
 class _BatcherCollector:
@@ -128,40 +163,52 @@ class _BatcherCollector:
 
 
 class _Instrument:
-    """Pure ASGI middleware: bearer-token check, then request count + latency (until the last body byte, so a
-    streamed answer is timed whole). Pure ASGI rather than BaseHTTPMiddleware to keep streaming and speed intact."""
+    """Pure ASGI middleware: bearer-token check, then request count, in-flight gauge and latency (until the last
+    body byte, so a streamed answer is timed whole); an exception no handler caught becomes a logged JSON 500 on a
+    connection that stays open. Pure ASGI rather than BaseHTTPMiddleware to keep streaming and speed intact."""
 
     def __init__(self, app, metrics: Metrics, auth_token: str | None):
         self.app, self.metrics = app, metrics
-        self.auth = None if auth_token is None else f"Bearer {auth_token}".encode()
+        self.token = None if auth_token is None else auth_token.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"] if scope["path"] in _PATHS else "other"
-        status = 500
+        status, started = 500, False
         start = time.perf_counter()
+        in_flight = self.metrics.in_flight.labels(path)
+        in_flight.inc()
 
         async def send_wrapper(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
-            if self.auth is not None and path not in _OPEN_PATHS and not self._authorised(scope):
+            if self.token is not None and path not in _OPEN_PATHS and not self._authorised(scope):
                 response = _error_response(HTTPError(401, "missing or invalid bearer token", "authentication_error",
                                                      {"WWW-Authenticate": "Bearer"}))
                 return await response(scope, receive, send_wrapper)
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if started:  # mid-body: let the server drop the connection, so the answer cannot look complete
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), scope["path"])
+            response = _error_response(HTTPError(500, "internal server error (logged on the server)", "server_error"))
+            await response(scope, receive, send_wrapper)
         finally:
+            in_flight.dec()
             self.metrics.requests.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
     def _authorised(self, scope) -> bool:
+        """`Authorization: Bearer <token>`, the scheme matched case-insensitively (RFC 7235 section 2.1)."""
         for key, value in scope["headers"]:
             if key == b"authorization":
-                return hmac.compare_digest(value, self.auth)
+                scheme, _, token = value.strip().partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.token)
         return False
 
 
@@ -176,6 +223,9 @@ def create_app(
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     max_queue: int = 1024,
     max_prompts_per_request: int = 1024,
+    max_body_bytes: int = 8 * 1024 * 1024,
+    upstream_connect_timeout: float = 10.0,
+    upstream_read_timeout: float = 120.0,
     auth_token: str | None = None,
     retry_after_s: int = 1,
     transport: httpx.AsyncBaseTransport | None = None,
@@ -186,10 +236,22 @@ def create_app(
     `disable_batching`).
     upstreams: where chat completions go (None: /v1/chat/completions answers 501).
     default_policy: the policy for model "router" with none given. batching, max_wait, max_batch_prompts,
-    max_batch_tokens, max_queue: the micro-batcher (see `routoo_fast.batcher`). auth_token: if set, every path
-    but /healthz needs `Authorization: Bearer <auth_token>`. transport: httpx transport for the upstream client.
+    max_batch_tokens, max_queue: the micro-batcher (see `routoo_fast.batcher`).
+    max_prompts_per_request: most prompts in one /v1/route request (more: 400). max_body_bytes: most request body
+    bytes (more: 413, counted while the body is read, so an oversized body is never held whole).
+    upstream_connect_timeout, upstream_read_timeout: seconds to connect to an upstream, and the longest wait for its
+    next bytes (an upstream's `timeout_s` overrides the read timeout); a timeout is 504, or an error event
+    mid-stream. auth_token: if set, every path but /healthz needs `Authorization: Bearer <auth_token>` (scheme
+    case-insensitive). transport: httpx transport for the upstream client.
     """
     default_policy = parse_policy(default_policy)
+    for name, value in (("max_prompts_per_request", max_prompts_per_request), ("max_body_bytes", max_body_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name, value in (("upstream_connect_timeout", upstream_connect_timeout),
+                        ("upstream_read_timeout", upstream_read_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     if upstreams is not None:
         if not isinstance(upstreams, Upstreams):
             raise TypeError(f"upstreams must be an Upstreams, got {type(upstreams).__name__}")
@@ -202,13 +264,22 @@ def create_app(
         raise ValueError("auth_token must be a non-empty string or None")
     metrics = Metrics()
     metrics.registry.register(_BatcherCollector(router))
+    timeouts = _Timeouts(float(upstream_connect_timeout), float(upstream_read_timeout))
+    created = int(time.time())
+    model_list = [{"id": ROUTER_MODEL, "object": "model", "created": created, "owned_by": "routoo-fast"}]
+    model_list += [{"id": f"{ROUTER_MODEL}:{p}", "object": "model", "created": created, "owned_by": "routoo-fast"}
+                   for p in EXAMPLE_POLICIES]
+    if not routable:  # 'router' can only answer chats when some router model has an upstream
+        model_list = []
+    model_list += [{"id": name, "object": "model", "created": created, "owned_by": "upstream"}
+                   for name in (upstreams or ())]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if batching:
             router.enable_batching(max_wait=max_wait, max_batch_prompts=max_batch_prompts,
                                    max_batch_tokens=max_batch_tokens, max_queue=max_queue)
-        app.state.client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(60.0),
+        app.state.client = httpx.AsyncClient(transport=transport, timeout=timeouts.for_upstream(None),
                                              limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
         try:
             yield
@@ -223,7 +294,7 @@ def create_app(
         re-runs a failed shared pass per request, so the neighbours get their answers)."""
         try:
             policy = router.check_policy(policy)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise HTTPError(400, str(exc)) from None
         try:
             check_prompts(prompts)
@@ -244,15 +315,17 @@ def create_app(
         except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
             raise HTTPError(400, str(exc)) from None
 
-    def record(decisions) -> None:
+    def record(decisions, forwarded: bool) -> None:
+        """Count routing decisions; spend only for chat calls actually forwarded (a /v1/route decision costs
+        nothing by itself)."""
         for d in decisions:
             metrics.chosen.labels(d.model).inc()
-            if math.isfinite(d.expected_cost):
+            if forwarded and math.isfinite(d.expected_cost):
                 metrics.spend.labels(d.model).inc(d.expected_cost)
 
     async def route_endpoint(request: Request) -> Response:
         try:
-            body = await _json_object(request)
+            body = await _json_object(request, max_body_bytes)
             if "prompts" in body and "prompt" in body:
                 raise HTTPError(400, "give either 'prompt' or 'prompts', not both")
             if "prompt" in body:
@@ -270,20 +343,23 @@ def create_app(
             policy = _policy(body.get("policy"), default_policy)
             metrics.batch_size.observe(len(prompts))
             decisions = await decide(prompts, policy)
-            record(decisions)
+            record(decisions, forwarded=False)
             return JSONResponse({"decisions": [d.to_dict() for d in decisions]})
         except HTTPError as err:
             return _error_response(err)
 
     async def chat_endpoint(request: Request) -> Response:
         try:
-            body = await _json_object(request)
+            body = await _json_object(request, max_body_bytes)
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise HTTPError(400, "missing field 'model' (a string: 'router', 'router:<policy>' or a model name)")
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise HTTPError(400, "missing field 'messages' (a non-empty list of chat messages)")
+            stream = body.get("stream", False)
+            if stream is not None and not isinstance(stream, bool):
+                raise HTTPError(400, f"'stream' must be true or false, got {stream!r}")
             if upstreams is None:
                 raise HTTPError(501, "this server has no upstreams configured (start it with --upstreams FILE)",
                                 "not_configured")
@@ -296,7 +372,8 @@ def create_app(
                     spec = body.get("routoo_policy")
                 policy = _policy(spec, default_policy)
                 policy = _restrict_to_upstreams(policy, routable, upstreams)
-                decision = (await decide([_last_user_text(messages)], policy))[0]
+                decision = (await decide([_check_text(_last_user_text(messages), "the last user message")],
+                                         policy))[0]
                 chosen = decision.model
                 headers = {"x-routoo-policy": decision.policy,
                            "x-routoo-predicted-quality": f"{decision.predicted_quality:.6g}",
@@ -310,12 +387,32 @@ def create_app(
                 raise HTTPError(400, f"unknown model {model!r}: use 'router', 'router:<policy>' or one of "
                                      f"{sorted(upstreams)}")
             headers["x-routoo-model"] = chosen
-            response = await _forward(request.app.state.client, upstreams[chosen], body, headers, metrics)
+            payload = {k: v for k, v in body.items() if k != "routoo_policy"}
+            call = _forward(request.app.state.client, upstreams[chosen], payload, headers, metrics, timeouts)
+            if stream:  # the relay ends when the client goes (Starlette cancels it)
+                response = await call
+            else:  # nothing reads from the client while we wait: watch for it leaving, and cancel the call
+                response = await _unless_client_leaves(request, call)
+                if response is None:
+                    metrics.upstream_cancelled.labels(chosen).inc()
+                    log.info("client left during a non-streamed call to %s: upstream call cancelled", chosen)
+                    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
             if decision is not None and response.status_code < 400:  # spend counts calls that were made
-                record([decision])
+                record([decision], forwarded=True)
             return response
         except HTTPError as err:
             return _error_response(err)
+
+    async def models_endpoint(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": model_list})
+
+    async def model_endpoint(request: Request) -> Response:
+        name = request.path_params["model"]
+        for entry in model_list:
+            if entry["id"] == name:
+                return JSONResponse(entry)
+        return _error_response(HTTPError(404, f"model {name!r} not found (GET /v1/models lists them)",
+                                         "not_found_error"))
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": len(router.model_names), "batching": batching,
@@ -328,25 +425,70 @@ def create_app(
         routes=[
             Route("/v1/route", route_endpoint, methods=["POST"]),
             Route("/v1/chat/completions", chat_endpoint, methods=["POST"]),
+            Route("/v1/models", models_endpoint, methods=["GET"]),
+            Route("/v1/models/{model:path}", model_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception},
     )
     app.state.metrics = metrics
     app.add_middleware(_Instrument, metrics=metrics, auth_token=auth_token)
     return app
 
 
-async def _json_object(request: Request) -> dict:
-    raw = await request.body()
+async def _json_object(request: Request, max_bytes: int) -> dict:
+    """The request body as a JSON object; every way it can be bad is a 400 (413 if too big) naming the fault."""
+    raw = await _read_body(request, max_bytes)
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise HTTPError(400, "request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # bad JSON, NaN/Infinity, an integer over Python's digit limit
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise HTTPError(400, f"request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed max_bytes (Content-Length, else while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPError(400, f"invalid Content-Length header {declared[:40]!r}")
+        if int(declared) > max_bytes:
+            raise HTTPError(413, f"request body is {declared} bytes, over the limit of {max_bytes} bytes "
+                                 "(--max-body-bytes)", "request_too_large")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HTTPError(413, f"request body is over the limit of {max_bytes} bytes (--max-body-bytes)",
+                                "request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPError(499, "client closed the request", "client_closed") from None
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value (use a number or null)")
+
+
+async def _http_exception(request: Request, exc: HTTPException) -> Response:
+    """Starlette's 404 (no such path) and 405 (wrong method), as JSON errors like every other answer."""
+    if exc.status_code == 404:
+        message, kind = f"no such endpoint: {request.method} {request.url.path}", "not_found_error"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"method {request.method} is not allowed on {request.url.path} (allowed: {allowed})"
+        kind = "invalid_request_error"
+    else:
+        message, kind = str(exc.detail), "invalid_request_error"
+    return _error_response(HTTPError(exc.status_code, message, kind, dict(exc.headers or {})))
 
 
 def _policy(spec, default):
@@ -354,8 +496,10 @@ def _policy(spec, default):
         return default
     try:
         return parse_policy(spec)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: an integer too big for a float
         raise HTTPError(400, f"invalid policy: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "invalid policy: nested too deeply") from None
 
 
 def _restrict_to_upstreams(policy, routable: list[str], upstreams: Upstreams):
@@ -388,33 +532,155 @@ def _last_user_text(messages: list) -> str:
     raise HTTPError(400, "no user message to route on")
 
 
-async def _relay(response: httpx.Response, name: str, metrics: Metrics):
-    """The upstream's SSE bytes, unchanged; an upstream that breaks off mid-stream ends the stream (logged)."""
+def _check_text(text: str, what: str) -> str:
+    """Text for the predictor must be valid Unicode: JSON's \\ud800 escapes can smuggle in a lone surrogate."""
     try:
-        async for chunk in response.aiter_raw():
-            yield chunk
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HTTPError(400, f"{what} holds a lone UTF-16 surrogate ({text[exc.start]!r} at character {exc.start}), "
+                             "which is not valid Unicode") from None
+    return text
+
+
+class _Timeouts:
+    """Upstream timeouts: connect, and read (the longest wait for the next bytes; an upstream's timeout_s wins)."""
+
+    def __init__(self, connect: float, read: float):
+        self.connect, self.read = connect, read
+
+    def for_upstream(self, upstream) -> httpx.Timeout:
+        read = self.read if upstream is None or upstream.timeout_s is None else upstream.timeout_s
+        return httpx.Timeout(connect=self.connect, read=read, write=read, pool=self.connect)
+
+    def describe(self, exc: httpx.TimeoutException, upstream) -> str:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"could not connect within {self.connect:g} s"
+        if isinstance(exc, httpx.PoolTimeout):
+            return f"no free connection within {self.connect:g} s"
+        return f"sent nothing for {self.for_upstream(upstream).read:g} s"
+
+
+async def _unless_client_leaves(request: Request, call):
+    """Await `call`, but cancel it and return None if the client disconnects first (its body is read by now, so
+    the next ASGI message can only be 'http.disconnect')."""
+
+    async def client_gone():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(call), asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watch.cancel()
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
+
+
+_SSE_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_MAX_PENDING = 1 << 20  # an "event" this long without a blank line is not SSE: pass it on
+
+
+def _sse_error(message: str, kind: str) -> bytes:
+    return b"data: " + json.dumps(_error_body(message, kind)).encode() + b"\n\n"
+
+
+def _ends_with_done(events: bytes) -> bool:
+    last = _LINE_BREAK.split(events.strip())[-1].strip()
+    return last in (b"data: [DONE]", b"data:[DONE]")
+
+
+async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts: _Timeouts, started: float):
+    """The upstream's Server-Sent Events, decoded (gzip undone) and passed on whole events at a time. If the
+    upstream breaks off, stalls past the read timeout or ends without `data: [DONE]`, the stream ends with an
+    error event in OpenAI's format, `data: {"error": {...}}`, which the openai client raises as an APIError; a
+    half-sent event is dropped rather than passed on as garbage."""
+    name = upstream.name
+    pending, saw_done, first = b"", False, True
+    error = None
+    try:
+        async for chunk in response.aiter_bytes():
+            if first and chunk:
+                metrics.upstream_ttfb.labels(name).observe(time.perf_counter() - started)
+                first = False
+            pending += chunk
+            cut = max((m.end() for m in _SSE_BOUNDARY.finditer(pending, max(0, len(pending) - len(chunk) - 3))),
+                      default=0)
+            if cut:
+                out, pending = pending[:cut], pending[cut:]
+                saw_done = _ends_with_done(out)
+                yield out
+            elif len(pending) > _MAX_PENDING:
+                out, pending, saw_done = pending, b"", False
+                yield out
+        if pending.strip():  # a last event without its closing blank line
+            saw_done = _ends_with_done(pending)
+            yield pending + b"\n\n"
+        if not saw_done:
+            error = (f"upstream for {name!r} ended the stream without [DONE]; the answer may be incomplete",
+                     "upstream_error")
+    except httpx.TimeoutException as exc:
+        error = (f"upstream for {name!r} stalled mid-stream: it {timeouts.describe(exc, upstream)}",
+                 "upstream_timeout")
     except httpx.HTTPError as exc:
+        error = (f"upstream for {name!r} broke off mid-stream: {type(exc).__name__}", "upstream_error")
+    except Exception as exc:  # noqa: BLE001 - the client must hear of it; the traceback goes to the log
+        log.exception("relaying the stream of %s failed", name)
+        error = (f"relaying the upstream's stream failed: {type(exc).__name__}", "server_error")
+    finally:
+        await response.aclose()
+    metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
+    if error is not None:
         metrics.upstream_errors.labels(name).inc()
-        log.warning("upstream for %s broke off mid-stream: %s", name, type(exc).__name__)
+        log.warning("stream from %s ended with an error event: %s", name, error[0])
+        yield _sse_error(*error)
 
 
-async def _forward(client: httpx.AsyncClient, upstream, body: dict, headers: dict, metrics: Metrics) -> Response:
-    """POST the request to the upstream with its model id; pass the answer (or its SSE stream) back."""
-    payload = {k: v for k, v in body.items() if k != "routoo_policy"}
-    payload["model"] = upstream.model
+def _passed_headers(response: httpx.Response) -> dict:
+    return {k: v for k, v in response.headers.items()
+            if k in _PASSED_HEADERS or k.startswith(_PASSED_PREFIXES)}
+
+
+async def _forward(client: httpx.AsyncClient, upstream, payload: dict, headers: dict, metrics: Metrics,
+                   timeouts: _Timeouts) -> Response:
+    """POST the request to the upstream with its model id; pass the answer (or its SSE stream) back. The request
+    is built here, where a body that cannot be sent (a lone surrogate, nesting too deep) is a 400."""
+    name = upstream.name
+    try:
+        content = json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, allow_nan=False,
+                             separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start] if isinstance(exc.object, str) else "?"
+        raise HTTPError(400, f"request holds a lone UTF-16 surrogate ({bad!r}), which is not valid Unicode and "
+                             "cannot be forwarded") from None
+    except RecursionError:
+        raise HTTPError(400, "request body is nested too deeply to forward") from None
+    except (ValueError, TypeError) as exc:
+        raise HTTPError(400, f"request cannot be forwarded as JSON: {exc}") from None
     try:
         auth = upstream.headers()
     except MissingAPIKey as exc:
-        metrics.upstream_errors.labels(upstream.name).inc()
+        metrics.upstream_errors.labels(name).inc()
         raise HTTPError(502, str(exc), "upstream_error") from None
-    request = client.build_request("POST", upstream.chat_url, json=payload, headers=auth,
-                                   timeout=httpx.Timeout(upstream.timeout_s))
+    request = client.build_request("POST", upstream.chat_url, content=content,
+                                   headers={**auth, "content-type": "application/json"},
+                                   timeout=timeouts.for_upstream(upstream))
+    started = time.perf_counter()
     try:
         response = await client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        metrics.upstream_errors.labels(name).inc()
+        raise HTTPError(504, f"upstream for {name!r} timed out: it {timeouts.describe(exc, upstream)}",
+                        "upstream_timeout") from None
     except httpx.HTTPError as exc:
-        metrics.upstream_errors.labels(upstream.name).inc()
-        raise HTTPError(502, f"upstream for {upstream.name!r} unreachable or too slow: {type(exc).__name__}",
-                        "upstream_error") from None
+        metrics.upstream_errors.labels(name).inc()
+        raise HTTPError(502, f"upstream for {name!r} unreachable: {type(exc).__name__}", "upstream_error") from None
     if response.status_code >= 400:
         try:
             detail = await response.aread()
@@ -424,31 +690,40 @@ async def _forward(client: httpx.AsyncClient, upstream, body: dict, headers: dic
             await response.aclose()
         if response.status_code >= 500 or response.status_code in (401, 403):
             # 401/403 mean *our* upstream key is wrong: the client can do nothing about it
-            metrics.upstream_errors.labels(upstream.name).inc()
+            metrics.upstream_errors.labels(name).inc()
             text = detail[:500].decode("utf-8", "replace")
-            raise HTTPError(502, f"upstream for {upstream.name!r} failed with HTTP {response.status_code}: {text}",
+            raise HTTPError(502, f"upstream for {name!r} failed with HTTP {response.status_code}: {text}",
                             "upstream_error")
-        # any other 4xx is about the client's request (bad parameter...): pass it through unchanged
-        return Response(detail, status_code=response.status_code, headers=headers,
+        # any other 4xx is about the client's request (bad parameter, rate limit...): pass it on, with the headers
+        # that tell the client when to retry
+        return Response(detail, status_code=response.status_code, headers={**_passed_headers(response), **headers},
                         media_type=response.headers.get("content-type"))
     if payload.get("stream"):
-        return StreamingResponse(_relay(response, upstream.name, metrics), status_code=response.status_code,
-                                 headers=headers, media_type=response.headers.get("content-type", "text/event-stream"),
+        return StreamingResponse(_relay(response, upstream, metrics, timeouts, started),
+                                 status_code=response.status_code, headers=headers,
+                                 media_type=response.headers.get("content-type", "text/event-stream"),
                                  background=BackgroundTask(response.aclose))
+    chunks = []
     try:
-        raw = await response.aread()
+        async for chunk in response.aiter_bytes():
+            if chunk and not chunks:
+                metrics.upstream_ttfb.labels(name).observe(time.perf_counter() - started)
+            chunks.append(chunk)
+    except httpx.TimeoutException as exc:
+        metrics.upstream_errors.labels(name).inc()
+        raise HTTPError(504, f"upstream for {name!r} timed out mid-answer: it {timeouts.describe(exc, upstream)}",
+                        "upstream_timeout") from None
     except httpx.HTTPError as exc:
-        metrics.upstream_errors.labels(upstream.name).inc()
-        raise HTTPError(502, f"upstream for {upstream.name!r} broke off: {type(exc).__name__}",
-                        "upstream_error") from None
+        metrics.upstream_errors.labels(name).inc()
+        raise HTTPError(502, f"upstream for {name!r} broke off: {type(exc).__name__}", "upstream_error") from None
     finally:
         await response.aclose()
+    metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
+    raw = b"".join(chunks)
     try:
-        answer = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        metrics.upstream_errors.labels(upstream.name).inc()
-        raise HTTPError(502, f"upstream for {upstream.name!r} answered with a body that is not JSON",
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        metrics.upstream_errors.labels(name).inc()
+        raise HTTPError(502, f"upstream for {name!r} answered with a body that is not JSON",
                         "upstream_error") from None
-    if isinstance(answer, dict):
-        answer["model"] = upstream.name
-    return JSONResponse(answer, headers=headers)
+    return Response(raw, headers=headers, media_type="application/json")

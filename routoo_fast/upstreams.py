@@ -13,8 +13,9 @@ Config file (JSON):
 
 Each entry under `models` is keyed by the router's model name and may set `base_url` (an OpenAI-compatible API
 root; requests go to `base_url + "/chat/completions"`), `model` (the id sent upstream, default: the key),
-`api_key_env` (the environment variable holding the key; null = no key) and `timeout_s`; missing fields come
-from `defaults`. Keys are read from the environment when a request is forwarded and are never stored in the
+`api_key_env` (the environment variable holding the key; null = no key) and `timeout_s` (this upstream's read
+timeout: the longest wait for its next bytes, default: the server's `--upstream-read-timeout`); missing fields
+come from `defaults`. Keys are read from the environment when a request is forwarded and are never stored in the
 config object, printed or logged.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Upstream:
     base_url: str
     model: str
     api_key_env: str | None = None
-    timeout_s: float = 60.0
+    timeout_s: float | None = None  # read timeout; None: the server's default
 
     @property
     def chat_url(self) -> str:
@@ -121,10 +122,11 @@ class Upstreams(Mapping[str, Upstream]):
             key_env = merged.get("api_key_env")
             if key_env is not None and (not isinstance(key_env, str) or not key_env):
                 raise ValueError(f"{where}: api_key_env must be an environment variable name or null, got {key_env!r}")
-            timeout = merged.get("timeout_s", 60.0)
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 < timeout < math.inf):
+            timeout = merged.get("timeout_s")
+            if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                        or not (0 < timeout < math.inf)):
                 raise ValueError(f"{where}: timeout_s must be a positive number of seconds, got {timeout!r}")
-            entries[name] = Upstream(name, base_url, model, key_env, float(timeout))
+            entries[name] = Upstream(name, base_url, model, key_env, None if timeout is None else float(timeout))
         return cls(entries)
 
     def missing_keys(self) -> dict[str, str]:

@@ -201,7 +201,8 @@ def test_chat_streaming_passes_sse_through(server, client):
 def test_chat_direct_model_passes_through(client, upstream):
     r = chat(client, "direct-model")
     assert r.status_code == 200
-    assert r.headers["x-routoo-model"] == "direct-model" and r.json()["model"] == "direct-model"
+    # the answer's `model` is the upstream's own id (as in streamed chunks); the router's name is in the header
+    assert r.headers["x-routoo-model"] == "direct-model" and r.json()["model"] == "direct-upstream-id"
     assert upstream.received[-1]["model"] == "direct-upstream-id"
     assert r.json()["choices"][0]["message"]["content"] == reply_text("direct-upstream-id", PROMPT)
 
@@ -241,7 +242,6 @@ def test_chat_invalid_json_is_400(client):
         ("router:models=" + MODELS[3], "failed with HTTP 500"),  # routed to a failing upstream
         ("badjson-model", "not JSON"),
         ("down-model", "unreachable"),
-        ("slow-model", "unreachable"),  # upstream timeout
         ("nokey-model", "ROUTOO_TEST_UNSET_KEY_VARIABLE"),
     ],
 )
@@ -250,6 +250,13 @@ def test_upstream_failures_are_502_and_server_keeps_serving(client, model, match
     assert r.status_code == 502, r.text
     assert match in error_message(r)
     assert SECRET not in r.text
+    assert chat(client, "direct-model").status_code == 200
+
+
+def test_upstream_timeout_is_504(client):
+    r = chat(client, "slow-model")  # its timeout_s (0.5 s) is shorter than the fake's delay (3 s)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["type"] == "upstream_timeout" and "sent nothing for 0.5 s" in error_message(r)
     assert chat(client, "direct-model").status_code == 200
 
 
@@ -278,13 +285,14 @@ def test_metrics(client):
     assert 'routoo_requests_total{path="/v1/chat/completions",status="200"}' in text
     assert 'routoo_request_latency_seconds_bucket{le="0.005",path="/v1/route"}' in text
     assert f'routoo_chosen_model_total{{model="{MODELS[0]}"}}' in text
-    assert f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}' in text
+    assert f'routoo_chosen_model_total{{model="{MODELS[1]}"}}' in text
+    assert f'routoo_estimated_spend_usd_total{{model="{MODELS[0]}"}}' in text  # a forwarded chat is spend
     values = dict(ln.rsplit(" ", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
     passes = float(values["routoo_predictor_passes_total"])
     prompts = float(values["routoo_predictor_prompts_total"])
     assert 1 <= passes <= prompts
     assert "routoo_batcher_queue_depth 0.0" in text
-    assert float(values[f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}']) > 0
+    assert float(values[f'routoo_estimated_spend_usd_total{{model="{MODELS[0]}"}}']) > 0
 
 
 # ---- auth, back-pressure, no batching --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ def test_defaults_merge_and_fields(monkeypatch):
     assert list(ups) == ["m1", "m2", "m3", "m4"] and len(ups) == 4
     assert ups["m1"].chat_url == "https://api.example.com/v1/chat/completions"
     assert ups["m1"].model == "m1" and ups["m2"].model == "vendor/m2-instruct" and ups["m2"].timeout_s == 5.0
+    assert ups["m1"].timeout_s is None  # no timeout_s: the server's --upstream-read-timeout applies
     assert ups["m1"].headers() == {"Authorization": "Bearer sk-a"}
     assert ups["m3"].headers() == {}
     with pytest.raises(MissingAPIKey, match="ROUTOO_T_KEY_B"):
