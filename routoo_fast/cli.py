@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{CHARS_PER_TOKEN} x the encoder's max_length, 4096 at the default 256 tokens)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="most requests waiting before 503 (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="BYTES",
+                   help="most bytes of a request body; more is 413, refused while reading (default: %(default)s)")
+    p.add_argument("--max-prompts-per-request", type=int, default=1024, metavar="N",
+                   help="most prompts in one /v1/route request; more is 400 (default: %(default)s)")
+    p.add_argument("--upstream-connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds to connect to an upstream before answering 504 (default: %(default)s)")
+    p.add_argument("--upstream-read-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="longest wait for an upstream's next bytes: 504, or an error event in a stream; a model's "
+                        "timeout_s in the upstreams file overrides it (default: %(default)s)")
+    p.add_argument("--timeout-graceful-shutdown", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, seconds to let requests in flight finish before they are cancelled "
+                        "(default: %(default)s)")
     p.add_argument("--auth-token-env", metavar="VAR",
                    help="require 'Authorization: Bearer <token>' with the token read from this environment variable")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -215,13 +227,21 @@ def cmd_serve(args) -> int:
     _check_positive("--max-batch-tokens", args.max_batch_tokens, allow_zero=True)
     if args.max_prompt_chars is not None:
         _check_positive("--max-prompt-chars", args.max_prompt_chars)
+    for flag in ("--max-body-bytes", "--max-prompts-per-request", "--upstream-connect-timeout",
+                 "--upstream-read-timeout"):
+        _check_positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    _check_positive("--timeout-graceful-shutdown", args.timeout_graceful_shutdown, allow_zero=True)
     router = _load_router(args)
     if args.max_prompt_chars is not None:
         router.predictor.encoder.max_chars = args.max_prompt_chars
     app = create_app(router, upstreams, default_policy=args.policy, batching=not args.no_batching,
                      max_wait=args.max_wait_ms / 1000.0, max_batch_prompts=args.max_batch,
-                     max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+                     max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token,
+                     max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
+                     upstream_connect_timeout=args.upstream_connect_timeout,
+                     upstream_read_timeout=args.upstream_read_timeout)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=args.timeout_graceful_shutdown)
     return 0
 
 
