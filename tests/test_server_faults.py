@@ -33,6 +33,7 @@ def make_upstreams(url: str) -> Upstreams:
     for fault in FAULTS:  # "<fault>-model" is served by upstream model id "x-<fault>", which injects that fault
         models[f"{fault}-model"] = {"model": f"x-{fault}"}
     models["stall-model"]["timeout_s"] = 0.5  # its read timeout: the stall is noticed after 0.5 s
+    models["longstall-model"] = {"model": "z-stall"}  # stalls under the server's read timeout (30 s here)
     models["slow-model"]["timeout_s"] = 0.5
     return Upstreams.from_dict({"defaults": {"base_url": url + "/v1", "api_key_env": None}, "models": models})
 
@@ -221,6 +222,53 @@ def test_midstream_upstream_failure_ends_with_an_sse_error_event(client, upstrea
     if model == "stall-model":  # the stalled upstream connection was let go
         assert wait_for(lambda: "x-stall" in upstream.disconnects)
     assert client.post("/v1/route", json={"prompt": PROMPT}).status_code == 200
+
+
+def test_client_abandoning_a_stream_frees_the_upstream(server, upstream):
+    with httpx.Client(base_url=server[0], timeout=30) as c:
+        with c.stream("POST", "/v1/chat/completions",
+                      json={"model": "longstall-model", "stream": True, "messages": messages()}) as r:
+            assert next(r.iter_lines()).startswith("data: ")
+        # leaving the block closed the connection mid-stream, well before the 30 s read timeout
+    assert wait_for(lambda: "z-stall" in upstream.disconnects, timeout=20), "the upstream stream kept running"
+
+
+@pytest.mark.parametrize("boundary", [b"\n\n", b"\r\n\r\n"])
+def test_relay_passes_whole_events_and_finds_done_across_chunk_splits(boundary):
+    """The relay cuts at event boundaries (LF or CRLF), even one split across chunks, and passes the bytes on
+    unchanged; a half event at a failure is held back, not sent as garbage."""
+    from routoo_fast.server import Metrics, _relay, _Timeouts
+    from routoo_fast.upstreams import Upstream
+
+    events = [b'data: {"n": 1}', b'data: {"n": 2}', b"data: [DONE]"]
+    raw = b"".join(e + boundary for e in events)
+
+    async def relay(pieces, fail_at_end=False):
+        async def body():
+            for piece in pieces:
+                yield piece
+            if fail_at_end:
+                raise httpx.ReadError("connection reset")
+
+        def handler(request):
+            return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            response = await c.send(c.build_request("POST", "http://upstream/v1/chat/completions"), stream=True)
+            up = Upstream("m", "http://upstream/v1", "m")
+            return [out async for out in _relay(response, up, Metrics(), _Timeouts(1.0, 1.0), time.perf_counter())]
+
+    for cut in range(1, len(raw)):  # every split point, including inside a boundary
+        out = asyncio.run(relay([raw[:cut], raw[cut:]]))
+        assert b"".join(out) == raw, cut
+        assert all(o.endswith(boundary) for o in out), (cut, out)
+    half = raw[: raw.index(b"[DONE]") - 4]  # two whole events and the start of the third
+    out = b"".join(asyncio.run(relay([half], fail_at_end=True)))
+    assert out.startswith(b"".join(e + boundary for e in events[:2]))
+    tail = out[len(b"".join(e + boundary for e in events[:2])):]
+    assert tail.startswith(b'data: {"error": ') and b"broke off mid-stream" in tail
+    out = b"".join(asyncio.run(relay([b"".join(e + boundary for e in events[:2])])))  # clean end, no [DONE]
+    assert b"without [DONE]" in out
 
 
 def test_upstream_dropping_a_non_streamed_answer_is_502(client):
