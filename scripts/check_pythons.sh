@@ -87,12 +87,19 @@ def v(name):
         return md.version(name)
     except md.PackageNotFoundError:
         return "-"
-print(f"numpy {v('numpy')}  torch {v('torch')}  triton {v('triton')}")
+torch = v("torch")
+if torch != "-" and "+" not in torch:  # PyPI's CUDA build has no local version tag: say which build it is
+    try:
+        import torch as t
+        torch += f" (cuda {t.version.cuda})" if t.version.cuda else " (cpu)"
+    except Exception as exc:
+        torch += f" (import failed: {type(exc).__name__})"
+print(f"numpy {v('numpy')}  torch {torch}  triton {v('triton')}")
 EOF
 )"
     full="$("$py" -c 'import platform; print(platform.python_version())')"
     [ "${line%% *}" = PASS ] || status=1
-    printf 'Python %-8s %-50s %s  [%ds]\n' "$full" "${stack:-(no venv)}" "$line" $((SECONDS - t0)) | tee -a "$LOGS/summary.txt"
+    printf 'Python %-8s %-56s %s  [%ds]\n' "$full" "${stack:-(no venv)}" "$line" $((SECONDS - t0)) | tee -a "$LOGS/summary.txt"
     [ "${KEEP:-0}" = 1 ] || rm -rf "$work"
 done
 exit $status
