@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from routoo_fast import evaluation as ev
+from routoo_fast.data import encoding_cache as ec
 from routoo_fast.evaluation import reproduce as rp
 
 
@@ -22,7 +23,7 @@ def held_out():
 
     saved = load_router(DEFAULT_ROUTER)
     ds = rp.load_dataset("mmlu_pro")
-    x = rp.load_shipped_encodings(ds.table.prompts, saved.config["encoder"]["encoder_id"])
+    x = ec.load_shipped_encodings(ds.table.prompts, saved.config["encoder"]["encoder_id"])
     te = np.flatnonzero(ds.split == "test")
     sub = ds.table.subset(te)
     ok = np.isfinite(sub.scores).all(1)

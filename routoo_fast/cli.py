@@ -61,18 +61,38 @@ def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
     p.set_defaults(policy_default_help=default_help)
 
 
+def _add_quiet_threads(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars, summaries or library warnings")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch CPU threads (default: torch's choice)")
+
+
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", default="default", metavar="PATH", help="saved router directory or 'default'")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where to write report.md, results.json and plots (default: ./routoo_eval)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="your own outcomes, in the formats 'train' reads (long format .csv/.jsonl/.parquet: prompt, "
+                        "model, score, optional cost, input_tokens, output_tokens): the router is scored on its "
+                        "held-out prompts instead of --datasets")
+    p.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                   help="with --data: share of prompts held out by prompt hash (default: the router's own, 0.2 "
+                        "for routers trained here)")
+    p.add_argument("--duplicates", choices=["error", "mean"], default="error",
+                   help="with --data: repeated (prompt, model) rows are an error, or averaged (default: %(default)s)")
     p.add_argument("--datasets", default="mmlu_pro", metavar="NAMES",
                    help="'all' or comma-separated: mmlu_pro, routellm, routerbench, zeroeval_gsm, zeroeval_math, "
                         "zeroeval_crux (default: %(default)s, bundled with the package; the others need --data-dir)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the non-bundled datasets")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
+    _add_quiet_threads(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .costs import DEFAULT_OUTPUT_TOKENS
+    from .data.splits import DEFAULT_TEST_FRACTION
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Route each prompt to the LLM that answers it well at the lowest cost (Routoo).",
@@ -90,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_args(p, "max_quality")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt instead of a table")
     p.add_argument("--scores", action="store_true", help="also print every model's predicted quality and cost")
+    _add_quiet_threads(p, threads=False)
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("serve", help="run the HTTP routing server", description=(
@@ -139,18 +160,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=256, metavar="N",
                    help="prompts per batch size (default: %(default)s)")
     p.add_argument("--policy", default="lambda=100", metavar="SPEC", help="policy to route with (default: %(default)s)")
+    _add_quiet_threads(p, threads=False)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train a router on outcome data and save it", description=(
-        "Fit the scoring head on an outcome table (prompts x models correctness) and save a router directory."))
+        "Train the shipped recipe on your outcomes (which model got which prompt right) and save a router "
+        "directory. Prompts are split by a hash of their text: --test-fraction held out for the report, the rest "
+        "in train and val (1/8 of it: early stopping and the recipe's choices from a small grid), then the head is "
+        "refitted on train + val. Costs: the shipped prices (assets/prices.csv) overridden and extended by "
+        "--prices; a per-call cost column, where given, drives each model's expected cost too. Every check runs "
+        "before any prompt is encoded."))
     p.add_argument("output", metavar="DIR", help="router directory to write (replaced atomically)")
-    p.add_argument("--data", default="default", metavar="SOURCE",
-                   help="'default' (bundled MMLU-Pro, original MMLU part) or a long-format .csv/.jsonl/.parquet of "
-                        "outcomes with columns prompt, model, score (optional cost, input_tokens, output_tokens)")
-    p.add_argument("--epochs", type=int, default=None, help="most training epochs (default: the training recipe's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--data", default="default", metavar="FILE",
+                   help="'default' (bundled MMLU-Pro, original MMLU part) or a long-format .csv/.jsonl/.parquet with "
+                        "one row per call: prompt, model, score in [0, 1]; optional cost (USD of that call), "
+                        "input_tokens, output_tokens (of that call), and any per-prompt columns (a 'subject' or "
+                        "'group' column groups prompts for the soft targets)")
+    p.add_argument("--prices", default=None, metavar="FILE",
+                   help="prices CSV with the columns of assets/prices.csv (model, input_usd_per_mtok, "
+                        "output_usd_per_mtok, open_weights, source); overrides the shipped price of a model")
+    p.add_argument("--equal-cost", action="store_true",
+                   help="price every model the same: routing then maximises predicted quality and ignores cost")
+    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION, metavar="F",
+                   help="share of prompts held out (by prompt hash) for the report, never trained on; 0 = use "
+                        "every prompt (default: %(default)s)")
+    p.add_argument("--output-tokens", type=float, default=None, metavar="N",
+                   help=f"expected output tokens of a model whose data has no output_tokens (default: "
+                        f"{DEFAULT_OUTPUT_TOKENS:g})")
+    p.add_argument("--duplicates", choices=["error", "mean"], default="error",
+                   help="repeated (prompt, model) rows: an error, or averaged (default: %(default)s)")
+    p.add_argument("--group-column", default=None, metavar="NAME",
+                   help="per-prompt column grouping prompts for the soft targets (default: 'subject' or 'group' "
+                        "when present)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    _add_quiet_threads(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a router against baselines on real outcomes", description=(
@@ -275,15 +318,33 @@ def cmd_bench(args) -> int:
 def cmd_train(args) -> int:
     from .train.pipeline import train_and_save
 
-    if args.epochs is not None:
-        _check_positive("--epochs", args.epochs)
-    train_and_save(args.output, data=args.data, epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir,
-                   progress=not args.quiet)
+    if not 0 <= args.test_fraction < 1:
+        raise UserError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    if args.output_tokens is not None and not args.output_tokens >= 0:
+        raise UserError(f"--output-tokens must be >= 0, got {args.output_tokens}")
+    if args.equal_cost and args.prices:
+        raise UserError("give --prices or --equal-cost, not both")
+    _setup_output(args)
+    train_and_save(args.output, data=args.data, prices_file=args.prices, equal_cost=args.equal_cost,
+                   test_fraction=args.test_fraction, output_tokens=args.output_tokens, duplicates=args.duplicates,
+                   group_column=args.group_column, cache_dir=args.cache_dir, num_threads=args.threads,
+                   progress=not args.quiet, echo=None if args.quiet else print)
     print(f"saved router to {args.output}")
     return 0
 
 
 def cmd_eval(args) -> int:
+    _setup_output(args)
+    if args.data is not None:
+        from .evaluation.user_data import evaluate_data
+
+        if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+            raise UserError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+        report = evaluate_data(args.data, router=args.router, out=args.out, test_fraction=args.test_fraction,
+                               duplicates=args.duplicates, cache_dir=args.cache_dir, num_threads=args.threads,
+                               progress=not args.quiet)
+        _print_report(report, args)
+        return 0
     from .evaluation.reproduce import DATASETS, reproduce
 
     datasets = "all" if args.datasets == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -291,14 +352,28 @@ def cmd_eval(args) -> int:
     if unknown or not datasets:
         raise UserError(f"--datasets must be 'all' or a comma-separated subset of {', '.join(DATASETS)}; "
                         f"got {args.datasets!r}")
-    reproduce(router=args.router, out=args.out, datasets=datasets, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    report = reproduce(router=args.router, out=args.out, datasets=datasets, data_dir=args.data_dir,
+                       cache_dir=args.cache_dir, progress=not args.quiet, echo=False)
+    _print_report(report, args)
     return 0
+
+
+def _print_report(report, args) -> None:
+    from pathlib import Path
+
+    out_dir = Path(args.out) if args.out is not None else Path.cwd() / "routoo_eval"
+    if not args.quiet:
+        print(report.to_markdown())
+        for name, path in report.plot_paths.items():
+            print(f"plot ({name}): {path}")
+    print(f"report: {out_dir / 'report.md'}")
 
 
 def cmd_demo(args) -> int:
     import numpy as np
 
-    router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=None,
+    _setup_output(args)
+    router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=args.threads,
                                              encoder_batch=None))
     print(f"router with {len(router.model_names)} models\n")
     Q, C = router.predict(EXAMPLE_PROMPTS), router.costs(EXAMPLE_PROMPTS)
@@ -362,8 +437,25 @@ def _policy_from_args(args):
     return policy
 
 
+def _setup_output(args) -> None:
+    """Before any model loads: no "Loading weights" bars ever; with --quiet, no library warnings either; --threads."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if getattr(args, "quiet", False):
+        hf_logging.set_verbosity_error()
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        _check_positive("--threads", threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _load_router(args):
     from .router import Router
+
+    _setup_output(args)
 
     if args.max_length is not None:
         _check_positive("--max-length", args.max_length)

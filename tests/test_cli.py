@@ -219,7 +219,7 @@ def test_train_command_then_route(capsys, tmp_path):
     data = tmp_path / "outcomes.csv"
     data.write_text("\n".join(rows) + "\n")
     out_dir = tmp_path / "trained"
-    code, out, err = run_main(capsys, "train", str(out_dir), "--data", str(data), "--epochs", "2", "--quiet",
+    code, out, err = run_main(capsys, "train", str(out_dir), "--data", str(data), "--quiet",
                               "--cache-dir", str(tmp_path / "cache"))
     assert code == 0, err
     assert (out_dir / "config.json").is_file() and "saved router" in out

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from routoo_fast.data import encoding_cache as ec
 from routoo_fast.evaluation import reproduce as rp
 from routoo_fast.costs import CostModel, ModelPrice, PriceTable
 from routoo_fast.data import OutcomeTable, load_default
@@ -20,31 +21,31 @@ def _prices():
 
 
 def test_prompts_digest_is_stable_and_order_sensitive():
-    assert rp.prompts_digest(["x", "y"]) == rp.prompts_digest(["x", "y"])
-    assert rp.prompts_digest(["x", "y"]) != rp.prompts_digest(["y", "x"])
-    assert rp.prompts_digest(["xy"]) != rp.prompts_digest(["x", "y"])
+    assert ec.prompts_digest(["x", "y"]) == ec.prompts_digest(["x", "y"])
+    assert ec.prompts_digest(["x", "y"]) != ec.prompts_digest(["y", "x"])
+    assert ec.prompts_digest(["xy"]) != ec.prompts_digest(["x", "y"])
 
 
 def test_shipped_encodings_roundtrip(tmp_path):
     path = tmp_path / "enc.npz"
     emb = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
-    rp.save_shipped_encodings(path, ["a", "b", "c"], emb, "enc-1")
-    got = rp.load_shipped_encodings(["a", "b", "c"], "enc-1", path)
+    ec.save_shipped_encodings(path, ["a", "b", "c"], emb, "enc-1")
+    got = ec.load_shipped_encodings(["a", "b", "c"], "enc-1", path)
     np.testing.assert_allclose(got, emb, rtol=1e-3, atol=1e-3)  # float16 storage
     assert got.dtype == np.float32
-    assert rp.load_shipped_encodings(["a", "b"], "enc-1", path) is None
-    assert rp.load_shipped_encodings(["a", "b", "c"], "enc-2", path) is None
-    assert rp.load_shipped_encodings(["a"], "enc-1", tmp_path / "missing.npz") is None
+    assert ec.load_shipped_encodings(["a", "b"], "enc-1", path) is None
+    assert ec.load_shipped_encodings(["a", "b", "c"], "enc-2", path) is None
+    assert ec.load_shipped_encodings(["a"], "enc-1", tmp_path / "missing.npz") is None
     with pytest.raises(ValueError, match="emb must be"):
-        rp.save_shipped_encodings(path, ["a"], emb, "enc-1")
+        ec.save_shipped_encodings(path, ["a"], emb, "enc-1")
     with pytest.raises(ValueError, match="NaN"):
-        rp.save_shipped_encodings(path, ["a", "b", "c"], emb * np.nan, "enc-1")
+        ec.save_shipped_encodings(path, ["a", "b", "c"], emb * np.nan, "enc-1")
 
 
 def test_shipped_encodings_belong_to_the_bundled_prompts_and_the_default_router():
     table = load_default()
     encoder_id = json.loads((DEFAULT_ROUTER / "config.json").read_text())["encoder"]["encoder_id"]
-    x = rp.load_shipped_encodings(table.prompts, encoder_id)
+    x = ec.load_shipped_encodings(table.prompts, encoder_id)
     assert x is not None and x.shape == (table.n_prompts, 384) and np.isfinite(x).all()
 
 
@@ -143,7 +144,7 @@ def test_shipped_router_beats_the_random_mix_on_held_out_mmlu_pro():
     saved = load_router(DEFAULT_ROUTER)
     ds = rp.load_dataset("mmlu_pro")
     assert saved.metadata["split_sizes"]["test"] == int((ds.split == "test").sum())
-    x = rp.load_shipped_encodings(ds.table.prompts, saved.config["encoder"]["encoder_id"])
+    x = ec.load_shipped_encodings(ds.table.prompts, saved.config["encoder"]["encoder_id"])
     te = np.flatnonzero(ds.split == "test")
     sub = ds.table.subset(te)
     ok = np.isfinite(sub.scores).all(1)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from routoo_fast.head import ScoringHead
+from routoo_fast.train.recipe import Recipe
 from routoo_fast.train.metrics import evaluate_predictions
 from routoo_fast.train.fit import (
     TrainConfig,
@@ -180,27 +181,54 @@ def synthetic_table(P=500):
     return table, LookupEncoder(prompts, x)
 
 
+FAST_RECIPE = dict(recipe=Recipe(hidden=16, n_seeds=1, epochs=60, lr=3e-3, patience=8), grid={})
+PRICES = {m: (1.0, 2.0) for m in ("m0", "m1", "m2", "m3")}
+
+
 def test_train_router_reports_head_and_knn_and_saves(tmp_path):
+    from routoo_fast.costs import PriceTable
     from routoo_fast.data import split_by_hash
     from routoo_fast.saved import load_router
     from routoo_fast.train.pipeline import train_router
 
     table, enc = synthetic_table()
-    trained = train_router(table, enc, FAST, cache_dir=tmp_path / "cache", progress=False)
+    prices = PriceTable({}).with_overrides(PRICES)
+    trained = train_router(table, enc, prices=prices, cache_dir=tmp_path / "cache", progress=False, **FAST_RECIPE)
     assert enc.calls == 1  # every prompt encoded once, in one chunk
-    assert (trained.split == split_by_hash(table.prompts)).all()
+    assert (trained.split == split_by_hash(table.prompts)).all()  # test fraction 0.2: the 70/10/20 hash split
     assert trained.report.n.sum() == np.sum(~np.isnan(table.scores[trained.split == "test"]))
     assert trained.report.mean_auc > trained.knn_report.mean_auc  # a linear signal: the head should win
     assert trained.knn_k in (10, 20, 40, 80, 160, 320)
-    assert "kNN" in trained.summary()
-    trained.save(tmp_path / "router", prices={m: {"input_usd_per_mtok": 1, "output_usd_per_mtok": 2}
-                                                for m in table.models})
+    summary = trained.summary()
+    assert "kNN" in summary and f"{(trained.split == 'test').sum()} test" in summary
+    assert "refitted on train + val" in summary
+    trained.save(tmp_path / "router")
     back = load_router(tmp_path / "router")
     assert back.expected_output_tokens.tolist() == [10, 20, 30, 40]
     assert back.metadata["held_out"]["head"]["auc"] == pytest.approx(trained.report.mean_auc)
-    again = train_router(table, enc, FAST, cache_dir=tmp_path / "cache", progress=False)
+    assert back.metadata["split_sizes"]["test"] == int((trained.split == "test").sum())
+    assert len(back.metadata["fit_prompt_hashes"]) == int((trained.split != "test").sum())
+    assert back.cost_model.prices.get("m0").input_usd_per_mtok == 1.0
+    again = train_router(table, enc, prices=prices, cache_dir=tmp_path / "cache", progress=False, **FAST_RECIPE)
     assert enc.calls == 1  # the cache answered
     assert torch.equal(again.head.E, trained.head.E)
+
+
+def test_train_router_holds_out_only_the_test_fraction(tmp_path):
+    from routoo_fast.train.pipeline import train_router
+
+    table, enc = synthetic_table(P=300)
+    trained = train_router(table, enc, prices=_prices(), test_fraction=0.0, cache_dir=tmp_path / "c",
+                           progress=False, **FAST_RECIPE)
+    assert (trained.split != "test").all() and trained.report is None
+    assert trained.recipe_fit.refit_rows == 300  # every prompt fits the final head
+    assert "nothing held out" in trained.summary()
+
+
+def _prices():
+    from routoo_fast.costs import PriceTable
+
+    return PriceTable({}).with_overrides(PRICES)
 
 
 def test_train_router_bad_split():
@@ -208,9 +236,12 @@ def test_train_router_bad_split():
 
     table, enc = synthetic_table(P=20)
     with pytest.raises(ValueError, match="split values"):
-        train_router(table, enc, FAST, split=["train"] * 19 + ["dev"], progress=False)
+        train_router(table, enc, prices=_prices(), split=["train"] * 19 + ["dev"], progress=False)
     with pytest.raises(ValueError, match="encoder_dir"):
-        train_router(table, enc, FAST, finetune_encoder=True, progress=False)
+        train_router(table, enc, prices=_prices(), finetune_encoder=True, progress=False)
+    with pytest.raises(ValueError, match="no validation prompts"):
+        train_router(table, enc, prices=_prices(), split=["train"] * 18 + ["test"] * 2, progress=False)
+    assert enc.calls == 0  # every check runs before any encoding
 
 
 # ------------------------------------------------------------------------------------------ real data (slow)
@@ -253,8 +284,9 @@ def test_finetune_encoder_on_a_tiny_slice(tmp_path):
     np.testing.assert_allclose(tuned.encode(table.prompts[:3]), encoder.encode(table.prompts[:3]), atol=1e-5)
 
     split = np.array(["train"] * 32 + ["val"] * 8 + ["test"] * 8)
-    trained = train_router(table, Encoder(max_length=64), cfg, cache_dir=tmp_path / "cache", split=split,
-                           finetune_encoder=True, encoder_dir=tmp_path / "tuned2", progress=False)
+    trained = train_router(table, Encoder(max_length=64), recipe=Recipe(hidden=8, n_seeds=1, epochs=5), grid={},
+                           cache_dir=tmp_path / "cache", split=split, finetune_encoder=True,
+                           encoder_dir=tmp_path / "tuned2", progress=False)
     assert len(trained.finetune_history.val_loss) == 1
     assert trained.encoder_spec["path"] == str(tmp_path / "tuned2")
     assert trained.report is not None and np.isfinite(trained.report.mean_brier)

@@ -11,7 +11,7 @@ and the on-disk cache of prompt encodings.
 
 Imports nothing from train/ or evaluation/ (the arrows point down: evaluation -> train -> data).
 """
-from routoo_fast.data.long import LONG_NUMERIC, LONG_REQUIRED, load_long
+from routoo_fast.data.long import LONG_NUMERIC, LONG_REQUIRED, load_long, load_outcomes
 from routoo_fast.data.mmlu_pro import format_mcq, load_default, load_mmlu_pro
 from routoo_fast.data.paths import BUNDLE_OUTCOMES, BUNDLE_QUESTIONS, shared_data_dir
 from routoo_fast.data.routellm import ROUTELLM_MODELS, load_routellm_mmlu
@@ -21,6 +21,6 @@ from routoo_fast.data.table import OutcomeTable
 from routoo_fast.data.zeroeval import ZEROEVAL_TASKS, load_zeroeval
 
 __all__ = ["OutcomeTable", "split_by_hash", "SPLIT_NAMES", "format_mcq", "load_default", "load_mmlu_pro",
-           "load_routellm_mmlu", "load_routerbench", "load_zeroeval", "load_long", "shared_data_dir",
+           "load_routellm_mmlu", "load_routerbench", "load_zeroeval", "load_long", "load_outcomes", "shared_data_dir",
            "ROUTELLM_MODELS", "ZEROEVAL_TASKS", "LONG_REQUIRED", "LONG_NUMERIC", "BUNDLE_QUESTIONS",
            "BUNDLE_OUTCOMES"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from routoo_fast._atomic import atomic_write_bytes
 
+SHIPPED_ENCODINGS = Path(__file__).resolve().parent.parent / "assets" / "encodings" / "mmlu_pro_ori_minilm.npz"
 CHUNK = 512  # prompts per encoder call and per written shard: a crash loses at most one chunk of work
 MAX_SHARDS = 32  # merge shards beyond this many
 
@@ -163,3 +164,48 @@ def encode_cached(encoder, prompts: Iterable[str], cache_dir=None, progress: boo
     if len(dims) != 1:
         raise ValueError(f"cache for encoder {encoder_id!r} mixes encoding sizes {sorted(dims)}; clear {folder}")
     return np.stack([table[k] for k in keys]).astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------------------------ shipped encodings
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """sha256 over the prompts' own sha256 digests, in order: names exactly which texts an encoding file holds."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(hashlib.sha256(p.encode("utf-8")).digest())
+    return h.hexdigest()
+
+
+def save_shipped_encodings(path, prompts: Sequence[str], emb, encoder_id: str) -> Path:
+    """Write float16 encodings [P, D] of `prompts` (in that order) with their digest and encoder id, atomically."""
+    emb = np.asarray(emb)
+    if emb.ndim != 2 or emb.shape[0] != len(prompts):
+        raise ValueError(f"emb must be [P={len(prompts)}, D], got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise ValueError("emb has NaN or infinite values")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, emb=emb.astype(np.float16), digest=np.array(prompts_digest(prompts)),
+                        encoder_id=np.array(encoder_id))
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def load_shipped_encodings(prompts: Sequence[str], encoder_id: str, path=SHIPPED_ENCODINGS) -> np.ndarray | None:
+    """float32 [P, D] encodings of exactly these prompts by this encoder from `path`, or None if it holds others."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["encoder_id"]) != encoder_id or str(z["digest"]) != prompts_digest(prompts):
+            return None
+        return z["emb"].astype(np.float32)
+
+
+def features(prompts: Sequence[str], encoder, cache_dir=None, progress: bool = False) -> np.ndarray:
+    """Pooled encodings [P, D]: the shipped file when it holds exactly these prompts (the bundled data with the
+    shipped encoder), else the encoding cache (`encode_cached`)."""
+    shipped = load_shipped_encodings(prompts, encoder.encoder_id)
+    if shipped is not None:
+        return shipped
+    from routoo_fast.data.encoding_cache import encode_cached
+
+    return encode_cached(encoder, prompts, cache_dir=cache_dir, progress=progress)

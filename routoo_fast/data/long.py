@@ -10,7 +10,7 @@ from routoo_fast.costs import count_tokens
 from routoo_fast.data.readers import iter_rows, require_file
 from routoo_fast.data.table import OutcomeTable
 
-__all__ = ["LONG_REQUIRED", "LONG_NUMERIC", "load_long"]
+__all__ = ["LONG_REQUIRED", "LONG_NUMERIC", "load_long", "load_outcomes"]
 
 
 LONG_REQUIRED = ("prompt", "model", "score")
@@ -104,7 +104,7 @@ def load_long(path, duplicates: str = "mean", tokenizer=None) -> OutcomeTable:
             cell[4] += out
             cell[5] += 1
     if not prow:
-        raise ValueError(f"{path}: no rows")
+        raise ValueError(f"{path}: no rows (the file has no outcomes)")
     P, N = len(prow), len(mcol)
     scores = np.full((P, N), np.nan, dtype=np.float32)
     cost = np.full((P, N), np.nan)
@@ -133,3 +133,14 @@ def load_long(path, duplicates: str = "mean", tokenizer=None) -> OutcomeTable:
         output_tokens=out if np.isfinite(out).any() else None,
         meta=meta,
     )
+
+
+def load_outcomes(source="default", duplicates: str = "error", tokenizer=None) -> OutcomeTable:
+    """The outcome table `routoo-fast train` / `eval` read: "default" = the bundled MMLU-Pro part
+    (`mmlu_pro.load_default`), else a long-format file (`load_long`; repeated (prompt, model) rows are an error
+    unless duplicates="mean")."""
+    if source in (None, "default"):
+        from routoo_fast.data.mmlu_pro import load_default
+
+        return load_default(tokenizer)
+    return load_long(source, duplicates=duplicates, tokenizer=tokenizer)

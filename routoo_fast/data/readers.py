@@ -131,6 +131,8 @@ def iter_rows(path: Path, required: Sequence[str] = ()):
         with opener(path, "rt", newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
+            if not header:
+                raise ValueError(f"{path}: the file is empty (expected a header with columns {list(required)})")
             missing = [c for c in required if c not in header]
             if missing:
                 raise ValueError(f"{path}:1: missing columns {missing} (have {header})")
@@ -141,6 +143,9 @@ def iter_rows(path: Path, required: Sequence[str] = ()):
     elif suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
         opener = gzip.open if suffix.endswith(".gz") else open
         for line_no, row in iter_jsonl(path, opener):
+            missing = [c for c in required if c not in row]
+            if missing:
+                raise ValueError(f"{path}:{line_no}: missing columns {missing} (have {sorted(row)})")
             yield f"{path}:{line_no}", row
     elif suffix == ".parquet":
         import pyarrow.parquet as pq  # lazy: only parquet users need pyarrow

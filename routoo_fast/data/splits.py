@@ -36,3 +36,41 @@ def split_by_hash(
     edges = np.cumsum(f)[:2]
     which = np.searchsorted(edges, u, side="right")
     return np.asarray(SPLIT_NAMES)[which]
+
+
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def split_fractions(test_fraction: float = DEFAULT_TEST_FRACTION) -> tuple[float, float, float]:
+    """(train, val, test) fractions for a held-out `test_fraction`: val is 1/8 of the rest (early stopping and the
+    recipe's choices), train the other 7/8. The default 0.2 gives (0.7, 0.1, 0.2), the bundled reproduction's
+    split; 0 holds nothing out."""
+    f = float(test_fraction)
+    if not (0.0 <= f < 1.0):
+        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+    val = round((1.0 - f) / 8.0, 12)
+    return round(1.0 - f - val, 12), val, f
+
+
+def split_counts(split) -> dict[str, int]:
+    """{"train": n, "val": n, "test": n} of a split array."""
+    s = np.asarray(split)
+    return {name: int((s == name).sum()) for name in SPLIT_NAMES}
+
+
+def unseen_test_rows(prompts: Sequence[str], split) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows to fit on and rows to score, with every exact prompt text scored once and only where unseen.
+
+    A text that is in the test split AND in train or val (possible when the split comes from the data, not from
+    `split_by_hash`) is dropped from train / val; a text repeated within test is scored once (its first row).
+    Returns (fit rows [train + val], test rows, number of test texts that were also in train / val).
+    """
+    s = np.asarray(split)
+    test_texts = {prompts[i] for i in np.flatnonzero(s == "test")}
+    fit = np.array([i for i in np.flatnonzero((s == "train") | (s == "val")) if prompts[i] not in test_texts],
+                   dtype=np.int64)
+    seen_in_fit = {prompts[i] for i in np.flatnonzero((s == "train") | (s == "val"))} & test_texts
+    first: dict[str, int] = {}
+    for i in np.flatnonzero(s == "test"):
+        first.setdefault(prompts[i], int(i))
+    return fit, np.array(sorted(first.values()), dtype=np.int64), len(seen_in_fit)

@@ -11,10 +11,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from routoo_fast.evaluation.baselines import oracle_curve, random_mix_curve, single_model_curves
-from routoo_fast.evaluation.curves import Curve, budget_curve, check_costs, check_matrix, tradeoff_curve, upper_hull
-from routoo_fast.evaluation.metrics import aiq, apgr, cost_to_reach, cpt, quality_at_cost
+from routoo_fast.evaluation.curves import (Curve, budget_curve, check_costs, check_matrix, default_lambdas,
+                                           tradeoff_curve, upper_hull)
+from routoo_fast.evaluation.metrics import aiq, apgr, cost_to_reach, cpt, paired_bootstrap, quality_at_cost
 
-__all__ = ["PoolReport", "Report", "evaluate_pool"]
+__all__ = ["PoolReport", "Report", "evaluate_pool", "gain_at_cost"]
 
 
 @dataclass
@@ -28,6 +29,8 @@ class PoolReport:
     router: str  # name of the curve the headline numbers are about
     strong_weak: tuple[str, str] | None = None
     notes: list[str] = field(default_factory=list)
+    # {router: (mean gain, low, high)}: quality gain over the best model at its cost, paired-bootstrap 95 % interval
+    intervals: dict = field(default_factory=dict)
 
     @property
     def singles(self) -> list[Curve]:
@@ -59,8 +62,12 @@ class PoolReport:
                 continue
             row = {"router": c.name, "kind": c.kind,
                    "quality_at_best_cost": quality_at_cost(c, best.cost[0]),
-                   "cost_fraction_to_match_best": cost_to_reach(c, best.quality[0]) / best.cost[0],
-                   "aiq": aiq(c, lo, hi), "max_quality": float(c.quality.max())}
+                   "cost_fraction_to_match_best": (cost_to_reach(c, best.quality[0]) / best.cost[0]
+                                                   if best.cost[0] > 0 else math.nan),
+                   # equal costs (quality-only routing): no cost range to average over
+                   "aiq": aiq(c, lo, hi) if hi > lo else math.nan, "max_quality": float(c.quality.max())}
+            if c.name in self.intervals:
+                row["gain_at_best_cost_ci"] = list(self.intervals[c.name])
             if self.strong_weak is not None and c.strong_share is not None:
                 qs = self.curve(self.strong_weak[0]).quality[0]
                 qw = self.curve(self.strong_weak[1]).quality[0]
@@ -83,16 +90,19 @@ class PoolReport:
                  f"{self.n_prompts} held-out prompts, {len(self.model_names)} models. Best single model: "
                  f"**{best.name}** quality {best.quality[0]:.3f} at ${best.cost[0] * 1e3:.4f} per 1k prompts.", ""]
         two = self.strong_weak is not None
-        head = "| router | quality at best model's cost | cost to match it (fraction) | AIQ | best quality |"
-        sep = "|---|---:|---:|---:|---:|"
+        head = ("| router | quality at best model's cost | gain, 95 % CI | cost to match it (fraction) | AIQ "
+                "| best quality |")
+        sep = "|---|---:|---:|---:|---:|---:|"
         if two:
             head += " APGR | CPT(50%) | CPT(80%) |"
             sep += "---:|---:|---:|"
         lines += [head, sep]
         for r in self.rows():
             frac = r["cost_fraction_to_match_best"]
-            cells = [r["router"], _fmt(r["quality_at_best_cost"], ".3f"), _fmt(frac, ".3f", "not reached"),
-                     f"{r['aiq']:.4f}", f"{r['max_quality']:.3f}"]
+            ci = r.get("gain_at_best_cost_ci")
+            gain = ("-" if ci is None else f"{ci[0] * 100:+.1f} pts [{ci[1] * 100:+.1f}, {ci[2] * 100:+.1f}]")
+            cells = [r["router"], _fmt(r["quality_at_best_cost"], ".3f"), gain, _fmt(frac, ".3f", "not reached"),
+                     _fmt(r["aiq"], ".4f"), f"{r['max_quality']:.3f}"]
             if two:
                 cells += [_fmt(r.get("apgr"), ".3f", "-"), _fmt(r.get("cpt50"), ".1%", "-"),
                           _fmt(r.get("cpt80"), ".1%", "-")]
@@ -232,4 +242,30 @@ def evaluate_pool(name: str, Y, C_true, model_names: Sequence[str], predictions:
             lo, hi = Cp.min(axis=1).mean(), Cp.max(axis=1).mean()
             curves.append(budget_curve(f"{rname} (batch budget)", Q, Cp, Y, Ct, np.geomspace(lo, hi, 48), kind=kind))
     curves.append(oracle_curve(Y, Ct, strong=strong))
-    return PoolReport(name, Y.shape[0], names, curves, head, strong_weak, list(notes))
+    best = max(range(len(names)), key=lambda j: (Y[:, j].mean(), -Ct[:, j].mean()))
+    intervals = {}
+    for rname, pred in predictions.items():
+        Q = pred[0] if isinstance(pred, tuple) else pred
+        gain = gain_at_cost(Q, Cp, Y, Ct, best, lambdas)
+        if gain is not None:
+            intervals[rname] = gain
+    return PoolReport(name, Y.shape[0], names, curves, head, strong_weak, list(notes), intervals)
+
+
+def gain_at_cost(Q_pred, C_pred, Y, C_true, best: int, lambdas=None, seed: int = 0):
+    """The router's operating point with the best true quality at mean true cost <= model `best`'s (the point
+    behind `quality_at_cost`), and the paired-bootstrap 95 % interval of its per-prompt quality gain over always
+    calling `best`: (mean gain, low, high), or None if no point is that cheap."""
+    from routoo_fast.selector import tradeoff
+
+    Qp, Cp = check_matrix(Q_pred, "Q_pred", Y.shape), check_matrix(C_pred, "C_pred", Y.shape)
+    lams = default_lambdas(Qp, Cp) if lambdas is None else np.asarray(lambdas, dtype=np.float64).ravel()
+    rows = np.arange(Y.shape[0])
+    budget, chosen, top = C_true[:, best].mean() * (1 + 1e-12), None, -math.inf
+    for lam in lams:
+        choice = tradeoff(Qp, Cp, float(lam)).choice
+        if C_true[rows, choice].mean() <= budget and Y[rows, choice].mean() > top:
+            chosen, top = choice, Y[rows, choice].mean()
+    if chosen is None:
+        return None
+    return paired_bootstrap(Y[rows, chosen], Y[:, best], seed=seed)

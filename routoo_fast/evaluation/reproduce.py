@@ -18,7 +18,6 @@ Prompts with a missing outcome for any model of the pool are left out of that po
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
+from routoo_fast.data.encoding_cache import features
 from routoo_fast.evaluation.report import PoolReport, Report, evaluate_pool
+from routoo_fast.train.recipe import GRID, fit_recipe
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED_ENCODINGS = ASSETS / "encodings" / "mmlu_pro_ori_minilm.npz"
 DATASETS = ("mmlu_pro", "routellm", "routerbench", "zeroeval_gsm", "zeroeval_math", "zeroeval_crux")
 MAIN_JOB_DATASETS = ("mmlu_pro",)
 MIN_COVERAGE = 0.95  # ZeroEval: a model with outcomes for fewer prompts leaves the pool (it still trains the head)
@@ -41,54 +40,6 @@ ROUTELLM_STRONG, ROUTELLM_WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-I
 # not checked against the paper here. Their routers learn from Chatbot Arena preferences + MMLU validation labels,
 # ours from 70% of the MMLU test prompts themselves.
 ROUTELLM_PUBLISHED = {"saving_vs_random_at_cpt50": 1.41, "saving_vs_random_at_cpt80": 1.14}
-
-
-# --------------------------------------------------------------------------------------------------- features
-def prompts_digest(prompts: Sequence[str]) -> str:
-    """sha256 over the prompts' own sha256 digests, in order: names exactly which texts an encoding file holds."""
-    h = hashlib.sha256()
-    for p in prompts:
-        h.update(hashlib.sha256(p.encode("utf-8")).digest())
-    return h.hexdigest()
-
-
-def save_shipped_encodings(path, prompts: Sequence[str], emb, encoder_id: str) -> Path:
-    """Write float16 encodings [P, D] of `prompts` (in that order) with their digest and encoder id, atomically."""
-    import io
-
-    from routoo_fast._atomic import atomic_write_bytes
-
-    emb = np.asarray(emb)
-    if emb.ndim != 2 or emb.shape[0] != len(prompts):
-        raise ValueError(f"emb must be [P={len(prompts)}, D], got shape {emb.shape}")
-    if not np.isfinite(emb).all():
-        raise ValueError("emb has NaN or infinite values")
-    buf = io.BytesIO()
-    np.savez_compressed(buf, emb=emb.astype(np.float16), digest=np.array(prompts_digest(prompts)),
-                        encoder_id=np.array(encoder_id))
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
-
-
-def load_shipped_encodings(prompts: Sequence[str], encoder_id: str, path=SHIPPED_ENCODINGS) -> np.ndarray | None:
-    """float32 [P, D] encodings of exactly these prompts by this encoder from `path`, or None if it holds others."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["encoder_id"]) != encoder_id or str(z["digest"]) != prompts_digest(prompts):
-            return None
-        return z["emb"].astype(np.float32)
-
-
-def features(prompts: Sequence[str], encoder, cache_dir=None, progress: bool = False) -> np.ndarray:
-    """Pooled encodings [P, D]: the shipped file when it holds exactly these prompts, else the encoding cache."""
-    shipped = load_shipped_encodings(prompts, encoder.encoder_id)
-    if shipped is not None:
-        return shipped
-    from routoo_fast.data.encoding_cache import encode_cached
-
-    return encode_cached(encoder, prompts, cache_dir=cache_dir, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------------ pools
@@ -161,9 +112,11 @@ def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
 
 
 def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_model=None,
-                     recipe=None, progress: bool = False) -> list[PoolReport]:
-    """Fit what is missing on train/val (the recipe head unless `head` is given, kNN, MF), evaluate every pool on
-    the held-out prompts with complete outcomes.
+                     recipe=None, grid=GRID, router_note: str | None = None,
+                     progress: bool = False) -> list[PoolReport]:
+    """Fit what is missing on train/val (the recipe unless `head` is given: `recipe.fit_recipe`, knobs chosen on
+    val from `grid`, refitted on train + val; kNN; MF), evaluate every pool on the held-out prompts with complete
+    outcomes. router_note: how the report names where `head` came from.
 
     cost_model: the `costs.CostModel` routers decide with (a saved router's); default: built from the train rows
     with `prices` (`CostModel.from_table`). Decisions are scored with `cost_model.true`: real costs.
@@ -172,7 +125,6 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
 
     from routoo_fast.costs import CostModel
     from routoo_fast.evaluation.baselines import KNNRouter, MFRouter
-    from routoo_fast.train.recipe import fit_recipe_head
 
     t = ds.table
     tr, va, te = _idx(ds.split, "train"), _idx(ds.split, "val"), _idx(ds.split, "test")
@@ -182,9 +134,11 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
         cost_model = CostModel.from_table(t, prices, rows=tr, default_output_tokens=ds.default_output_tokens)
     elif list(cost_model.models) != list(t.models):
         raise ValueError(f"cost model prices {list(cost_model.models)}, the dataset has {list(t.models)}")
-    trained_here = head is None
     if head is None:
-        head = fit_recipe_head(x, t.scores, tr, va, groups=ds.groups, recipe=recipe, progress=progress)
+        head = fit_recipe(x, t.scores, tr, va, groups=ds.groups, recipe=recipe, grid=grid).head
+        router_note = "trained here with the shipped recipe (knobs chosen on val, refitted on train + val)"
+    elif router_note is None:
+        router_note = "the shipped default router"
     with torch.no_grad():
         q_router = head.probs(torch.from_numpy(x[te])).numpy()
     q_knn = KNNRouter().fit(x, t.scores, tr, va)
@@ -200,8 +154,7 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
         ok = np.isfinite(Y).all(1) & np.isfinite(C_true[:, cols]).all(1)
         notes = list(ds.notes) + [
             f"held-out prompts with every outcome: {int(ok.sum())} of {te.size}",
-            f"routoo router: {'trained here with the shipped recipe' if trained_here else 'the shipped default router'}"
-            f"; kNN k={q_knn.k} (chosen on val by AUC); MF dim {MFRouter().dim}, both fitted on train + val"]
+            f"routoo router: {router_note}; kNN k={q_knn.k} (chosen on val by AUC); MF dim {MFRouter().dim}, both fitted on train + val"]
         if va.size:
             notes.append(_val_calibrated_point(t, va, cols, head, x, cost_model, Y[ok], C_true[ok][:, cols],
                                                q_router[ok][:, cols], C_pred[ok][:, cols]))
@@ -307,12 +260,14 @@ def run_reproduction(out_dir, router="default", datasets: Sequence[str] | str = 
 
 
 def reproduce(router="default", out=None, datasets: Sequence[str] | str = MAIN_JOB_DATASETS, data_dir=None,
-              cache_dir=None) -> Report:
-    """CLI entry point (`routoo-fast eval` / `demo`): run the reproduction, print the table and the plot paths."""
+              cache_dir=None, progress: bool = False, echo: bool = True) -> Report:
+    """CLI entry point (`routoo-fast eval` / `demo`): run the reproduction; echo: print the table and plot paths."""
     out_dir = Path(out) if out is not None else Path.cwd() / "routoo_eval"
-    report = run_reproduction(out_dir, router=router, datasets=datasets, data_dir=data_dir, cache_dir=cache_dir)
-    print(report.to_markdown())
-    for name, path in report.plot_paths.items():
-        print(f"plot ({name}): {path}")
-    print(f"report: {out_dir / 'report.md'}")
+    report = run_reproduction(out_dir, router=router, datasets=datasets, data_dir=data_dir, cache_dir=cache_dir,
+                              progress=progress)
+    if echo:
+        print(report.to_markdown())
+        for name, path in report.plot_paths.items():
+            print(f"plot ({name}): {path}")
+        print(f"report: {out_dir / 'report.md'}")
     return report

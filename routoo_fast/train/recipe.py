@@ -12,14 +12,31 @@ the wrong model (winner's curse). Three fixes, each a few tenths of a point of A
    (`train.fit.merge_heads`).
 3. logit shrinkage toward the prior: logit' = a * logit + (1 - a) * logit(prior_j), i.e. E <- a E,
    b <- a b + (1 - a) logit(prior): it damps the spread of Q across models, so the argmax chases less noise.
+
+`fit_recipe` is what `routoo-fast train`, the Python API (`train.pipeline.train_router`) and the reproduction run:
+the data-dependent knobs are picked on the user's validation split from the small grid GRID (hidden size H,
+soft-target weight beta, ensemble size, logit shrinkage a), by the masked log loss of the final head's Q against
+the raw val outcomes. Only H x beta need training runs (GRID's 2 x 2 = 4 combinations x max(n_seeds) = 4 seeds,
+16 small fits); the ensemble size reuses the first seeds' heads and the shrinkage is applied after training, so
+their 3 x 4 values cost only val forward passes. Each seed trains on the train rows with early stopping on val;
+the chosen recipe is then refitted on train + val, every seed for the epochs it early-stopped at, so no labelled
+prompt outside the test split is held back from the shipped head.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from routoo_fast.train.fit import TrainConfig, model_priors, train_head
+from routoo_fast.train.fit import TrainConfig, merge_heads, model_priors, train_head
+
+__all__ = ["Recipe", "GRID", "RecipeFit", "fit_recipe", "fit_count", "fit_recipe_head", "group_targets", "shrink_logits",
+           "model_priors"]
+
+# the data-dependent knobs `fit_recipe` chooses on the validation split (the shipped values are in each list)
+GRID = {"hidden": (32, 128), "beta": (0.3, 1.0), "n_seeds": (1, 2, 4), "logit_shrink": (0.5, 0.7, 0.85, 1.0)}
 
 
 @dataclass
@@ -107,3 +124,117 @@ def fit_recipe_head(features, scores, train_idx, val_idx, groups=None, recipe: R
     head, _ = train_head(features, targets, tr, va, cfg, progress=progress)  # seeds 0..n_seeds-1, merged
     shrink_logits(head, model_priors(scores, tr), recipe.logit_shrink)
     return head
+
+
+@dataclass
+class RecipeFit:
+    """What `fit_recipe` returns: the head (refitted on train + val), the chosen recipe, the grid with every
+    point's validation loss, and the epochs each ensemble member trained."""
+
+    head: object  # ScoringHead taking raw pooled encodings
+    recipe: Recipe
+    grid: list = field(default_factory=list)  # [{hidden, beta, n_seeds, logit_shrink, val_loss}, ...]
+    epochs: list = field(default_factory=list)  # per member, from early stopping on val
+    val_loss: float = math.nan  # of the chosen recipe, before the refit on train + val
+    refit_rows: int = 0
+
+    def summary(self) -> str:
+        r = self.recipe
+        return (f"recipe chosen on val from {len(self.grid)} grid points: hidden {r.hidden}, beta {r.beta}, "
+                f"{r.n_seeds} seeds, logit shrink {r.logit_shrink} (val log loss {self.val_loss:.4f}); refitted "
+                f"on {self.refit_rows} train + val prompts for {self.epochs} epochs")
+
+
+def _masked_log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean binary cross-entropy of sigmoid(logits) against y in [0, 1] over the observed (non-NaN) entries."""
+    seen = ~np.isnan(y)
+    z, t = logits[seen], y[seen]
+    return float(np.mean(np.logaddexp(0.0, z) - t * z)) if z.size else math.nan
+
+
+def _config(recipe: Recipe, seed: int, num_threads, epochs: int | None = None) -> TrainConfig:
+    return TrainConfig(hidden=recipe.hidden, act=recipe.act, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                       dropout=recipe.dropout, epochs=recipe.epochs if epochs is None else epochs,
+                       patience=recipe.patience, seed=seed, ensemble=1, num_threads=num_threads)
+
+
+def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe | None = None, grid=GRID,
+               refit: bool = True, num_threads: int | None = 1, progress=None) -> RecipeFit:
+    """The shipped recipe with its data-dependent knobs chosen on val, refitted on train + val (see the module
+    docstring). features [P, D] pooled encodings; scores [P, N] (NaN = missing); groups [P] training-only group
+    labels (e.g. the MMLU subject) or None. recipe: the other knobs (default Recipe()); grid: {knob: values} over
+    hidden, beta, n_seeds, logit_shrink (None or {} = no choice: `recipe` as given). progress: a tqdm-like bar
+    advanced once per head fitted (total `fit_count(grid, recipe)`), or None.
+    """
+    import torch
+
+    base = recipe if recipe is not None else Recipe()
+    x = np.asarray(features, dtype=np.float32)
+    y = np.asarray(scores, dtype=np.float32)
+    tr = np.asarray(train_idx, dtype=np.int64)
+    va = np.asarray(val_idx, dtype=np.int64)
+    if va.size == 0 or not (~np.isnan(y[va])).any():
+        raise ValueError("the recipe needs validation prompts with outcomes (early stopping and the grid choice)")
+    grid = dict(grid or {})
+    unknown = set(grid) - {"hidden", "beta", "n_seeds", "logit_shrink"}
+    if unknown:
+        raise ValueError(f"grid knobs must be among hidden, beta, n_seeds, logit_shrink; got {sorted(unknown)}")
+    hiddens = tuple(grid.get("hidden", (base.hidden,)))
+    betas = tuple(grid.get("beta", (base.beta,)))
+    seeds = tuple(sorted(grid.get("n_seeds", (base.n_seeds,))))
+    shrinks = tuple(grid.get("logit_shrink", (base.logit_shrink,)))
+    fit_rows = np.concatenate([tr, va])
+    prior_tr = model_priors(y, tr)
+    logit_prior = np.log(prior_tr / (1 - prior_tr))
+    xv = torch.from_numpy(x[va])
+    results, trained = [], {}
+    for hidden, beta in itertools.product(hiddens, betas):
+        r = replace(base, hidden=int(hidden), beta=float(beta))
+        targets = group_targets(y, groups, fit_rows, r.beta, r.group_shrink)
+        members = []
+        for s in range(max(seeds)):
+            head, hist = train_head(x, targets, tr, va, _config(r, s, num_threads), progress=False)
+            members.append((head, hist.best_epoch + 1))
+            if progress is not None:
+                progress.update(1)
+        trained[(r.hidden, r.beta)] = members
+        for n in seeds:
+            with torch.no_grad():
+                z = merge_heads([h for h, _ in members[:n]])(xv).double().numpy()
+            for a in shrinks:
+                loss = _masked_log_loss(a * z + (1 - a) * logit_prior, y[va])
+                results.append({"hidden": r.hidden, "beta": r.beta, "n_seeds": int(n), "logit_shrink": float(a),
+                                "val_loss": loss})
+    # the lowest val loss; a tie keeps the earliest grid point
+    best = min(range(len(results)), key=lambda i: (results[i]["val_loss"], i))
+    choice = results[best]
+    chosen = replace(base, hidden=choice["hidden"], beta=choice["beta"], n_seeds=choice["n_seeds"],
+                     logit_shrink=choice["logit_shrink"])
+    members = trained[(chosen.hidden, chosen.beta)][:chosen.n_seeds]
+    epochs = [e for _, e in members]
+    if refit:
+        targets = group_targets(y, groups, fit_rows, chosen.beta, chosen.group_shrink)
+        heads = []
+        for s, e in enumerate(epochs):
+            heads.append(train_head(x, targets, fit_rows, [], _config(chosen, s, num_threads, epochs=e),
+                                    progress=False)[0])
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.update(max(seeds) - len(epochs))  # fit_count counted max(n_seeds) refits
+        head = merge_heads(heads)
+        shrink_logits(head, model_priors(y, fit_rows), chosen.logit_shrink)
+    else:
+        head = merge_heads([h for h, _ in members])
+        shrink_logits(head, prior_tr, chosen.logit_shrink)
+    return RecipeFit(head=head, recipe=chosen, grid=results, epochs=epochs, val_loss=choice["val_loss"],
+                     refit_rows=int(fit_rows.size) if refit else int(tr.size))
+
+
+def fit_count(grid=GRID, recipe: Recipe | None = None, refit: bool = True) -> int:
+    """How many single heads `fit_recipe` trains with this grid (for a progress bar's total)."""
+    base = recipe if recipe is not None else Recipe()
+    grid = dict(grid or {})
+    seeds = max(grid.get("n_seeds", (base.n_seeds,)))
+    n = len(grid.get("hidden", (1,))) * len(grid.get("beta", (1,))) * seeds
+    return n + (seeds if refit else 0)  # the refit trains at most max(n_seeds) members
