@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from .batcher import DEFAULT_MAX_BATCH_TOKENS
+from .batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD
 from .encoder import CHARS_PER_TOKEN
 
 __all__ = ["main", "build_parser"]
@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-chars", type=int, default=None, metavar="CHARS",
                    help=f"characters of a prompt read before tokenizing; the rest is never read (default: "
                         f"{CHARS_PER_TOKEN} x the encoder's max_length, 4096 at the default 256 tokens)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=DEFAULT_MMAP_THRESHOLD, metavar="BYTES",
+                   help="glibc serves blocks this big with mmap and returns them to the OS when freed, which keeps "
+                        "RSS level under varying prompt lengths; 0 = glibc's own adaptive threshold "
+                        "(default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="most requests waiting before 503 (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="BYTES",
@@ -257,6 +261,7 @@ def cmd_route(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from .batcher import limit_malloc_growth
     from .server import create_app
     from .upstreams import Upstreams
 
@@ -274,6 +279,9 @@ def cmd_serve(args) -> int:
                  "--upstream-read-timeout"):
         _check_positive(flag, getattr(args, flag[2:].replace("-", "_")))
     _check_positive("--timeout-graceful-shutdown", args.timeout_graceful_shutdown, allow_zero=True)
+    _check_positive("--malloc-mmap-threshold", args.malloc_mmap_threshold, allow_zero=True)
+    if args.malloc_mmap_threshold:
+        limit_malloc_growth(args.malloc_mmap_threshold)  # before the model's weights and the first passes
     router = _load_router(args)
     if args.max_prompt_chars is not None:
         router.predictor.encoder.max_chars = args.max_prompt_chars
