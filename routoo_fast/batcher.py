@@ -18,6 +18,14 @@ The queue is bounded (`max_queue` requests): `submit` raises `QueueFull` instead
 server can answer 503 + Retry-After. `close()` stops accepting work, finishes what is queued, and joins the worker.
 
 `stats()` gives counters and histograms (prompts per pass, pass latency) for a metrics scrape.
+
+Memory: `limit_malloc_growth()` (called by `routoo-fast serve`) fixes glibc's mmap threshold, so the activations
+of each pass, whose shapes vary with the length buckets, go back to the OS when freed instead of staying in the
+heap. Measured with the shipped router, 64 callers, 3 x 1,500 MMLU-length requests: RSS 495 MB -> 1,168 MB within
+the first 1,500 and level after (1,170 MB); a final malloc_trim(0) gave 580 MB back, so it was free memory kept by
+the allocator, not a leak. MALLOC_ARENA_MAX=2 did not help (1,264 MB); malloc_trim(0) after every pass did
+(600 MB) but costs tens of ms per call with a grown heap; a fixed 1 MiB mmap threshold kept RSS at 599 MB at the
+same throughput.
 """
 from __future__ import annotations
 
@@ -34,12 +42,16 @@ import numpy as np
 
 from .costs import prompt_tokens
 
-__all__ = ["MicroBatcher", "QueueFull", "BatcherClosed", "approx_tokens", "DEFAULT_MAX_BATCH_TOKENS"]
+__all__ = ["MicroBatcher", "QueueFull", "BatcherClosed", "approx_tokens", "limit_malloc_growth",
+           "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_MMAP_THRESHOLD"]
 
 # Estimated tokens per predictor pass, unless told otherwise: 32 prompts of 256 tokens, or 64 MMLU questions
 # (about 500 characters = 125 estimated tokens each). On 2 CPU cores such a pass takes about 1 s at 256 tokens;
 # a request bigger than this is served in chunks, so short requests wait for at most one such pass.
 DEFAULT_MAX_BATCH_TOKENS = 8192
+
+DEFAULT_MMAP_THRESHOLD = 1 << 20  # bytes: blocks this big or bigger are mmapped and unmapped on free
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 PASS_PROMPTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PASS_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -78,6 +90,26 @@ class _Histogram:
             total += n
             cumulative.append((bound, total))
         return {"buckets": cumulative, "sum": self.sum, "count": total}
+
+
+def limit_malloc_growth(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at `mmap_threshold` bytes for this process (see the module docstring).
+
+    glibc starts at 128 KiB and raises the threshold to the size of each mmapped block that is freed (up to
+    32 MiB); after that, large tensors come from the heap, and freed heap memory below its top is kept. Setting
+    the threshold (mallopt M_MMAP_THRESHOLD, the same as MALLOC_MMAP_THRESHOLD_=<bytes> in the environment) also
+    switches that adjustment off. Returns True if set; False where the C library has no mallopt (not glibc).
+    """
+    import ctypes
+
+    if isinstance(mmap_threshold, bool) or not isinstance(mmap_threshold, int) or not 1 <= mmap_threshold < 2 ** 31:
+        raise ValueError(f"mmap_threshold must be an integer in [1, 2**31) bytes, got {mmap_threshold!r}")
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
 
 
 @dataclass(eq=False)

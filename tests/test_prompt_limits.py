@@ -104,14 +104,18 @@ def test_serve_limits_have_defaults_in_help(capsys):
     assert f"(default: {CHARS_PER_TOKEN} x the encoder's max_length" in text
 
 
-@pytest.mark.parametrize("flags, tokens, chars", [([], "default", None), (["--max-batch-tokens", "0"], None, None),
-                                                  (["--max-batch-tokens", "100", "--max-prompt-chars", "77"], 100, 77)])
-def test_serve_passes_its_limits_on(monkeypatch, flags, tokens, chars):
+@pytest.mark.parametrize("flags, tokens, chars, mmap", [
+    ([], "default", None, "default"),
+    (["--max-batch-tokens", "0", "--malloc-mmap-threshold", "0"], None, None, None),
+    (["--max-batch-tokens", "100", "--max-prompt-chars", "77", "--malloc-mmap-threshold", "65536"], 100, 77, 65536),
+])
+def test_serve_passes_its_limits_on(monkeypatch, flags, tokens, chars, mmap):
     import uvicorn
 
+    import routoo_fast.batcher as batcher
     import routoo_fast.cli as cli
     import routoo_fast.server as server
-    from routoo_fast.batcher import DEFAULT_MAX_BATCH_TOKENS
+    from routoo_fast.batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD
     from small_router import small_router
 
     router = small_router()
@@ -121,7 +125,9 @@ def test_serve_passes_its_limits_on(monkeypatch, flags, tokens, chars):
     monkeypatch.setattr(cli, "_load_router", lambda args: router)
     monkeypatch.setattr(server, "create_app", lambda router, upstreams, **kw: seen.update(kw) or "app")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.setattr(batcher, "limit_malloc_growth", lambda threshold: seen.update(mmap=threshold))
     assert cli.main(["serve"] + flags) == 0
     assert seen["app"] == "app"
     assert seen["max_batch_tokens"] == (DEFAULT_MAX_BATCH_TOKENS if tokens == "default" else tokens)
     assert encoder.max_chars == (encoder.max_length * CHARS_PER_TOKEN if chars is None else chars)
+    assert seen.get("mmap") == (DEFAULT_MMAP_THRESHOLD if mmap == "default" else mmap)
