@@ -15,7 +15,6 @@ with the same masked mean: pooled = sum_t m[t] h[t] / sum_t m[t].
 from __future__ import annotations
 
 import hashlib
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,21 +30,11 @@ _SPEC_KEYS = {"path", "max_length", "batch_size", "pooling", "encoder_id"}
 # whose first max_length tokens span more (long runs of whitespace, 100+-character "words" that become one [UNK])
 # is encoded from its first max_chars characters instead.
 CHARS_PER_TOKEN = 16
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidPrompt(ValueError):
     """A prompt that is not valid Unicode text (a lone UTF-16 surrogate such as "\\ud800"): the caller's input is
     at fault, so a server answers 400."""
-
-
-def sanitize_text(text: str) -> str:
-    """`text` with every surrogate code point replaced by U+FFFD, for text that is only scored (e.g. a chat
-    message the router reads, while the message itself is forwarded unchanged). Deterministic; valid text is
-    returned as is."""
-    if text.isascii():
-        return text
-    return _SURROGATE.sub("\ufffd", text)
 
 
 def default_model_path() -> str:
