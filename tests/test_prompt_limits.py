@@ -4,7 +4,7 @@ Unicode (a lone surrogate) is refused with a clear InvalidPrompt instead of the 
 import numpy as np
 import pytest
 
-from routoo_fast.encoder import CHARS_PER_TOKEN, InvalidPrompt, check_prompts, sanitize_text
+from routoo_fast.encoder import CHARS_PER_TOKEN, InvalidPrompt, check_prompts
 
 from _minilm import shared_encoder
 
@@ -75,12 +75,6 @@ def test_lone_surrogate_is_an_invalid_prompt(encoder):
     with pytest.raises(ValueError, match="lone surrogate"):  # InvalidPrompt is a ValueError
         encoder.encode(["x \udfff y"])
     check_prompts(["caf\u00e9 \U0001F600"])  # non-ASCII but valid: accepted
-
-
-def test_sanitize_text_replaces_surrogates_only(encoder):
-    assert sanitize_text("plain ascii") == "plain ascii"
-    assert sanitize_text("x \ud800 caf\u00e9 \U0001F600 \udc00") == "x \ufffd caf\u00e9 \U0001F600 \ufffd"
-    np.testing.assert_array_equal(encoder.encode([sanitize_text("x \ud800")]), encoder.encode(["x \ufffd"]))
 
 
 def test_bad_max_chars_rejected():
