@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token-env", metavar="VAR",
                    help="require 'Authorization: Bearer <token>' with the token read from this environment variable")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_quiet_threads(p, threads=False)  # --quiet: log level warning unless --log-level says otherwise
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="measure routing throughput in this process", description=(
@@ -291,7 +292,8 @@ def cmd_serve(args) -> int:
                      max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
                      upstream_connect_timeout=args.upstream_connect_timeout,
                      upstream_read_timeout=args.upstream_read_timeout)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+    log_level = "warning" if args.quiet and args.log_level == "info" else args.log_level
+    uvicorn.run(app, host=args.host, port=args.port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=args.timeout_graceful_shutdown)
     return 0
 

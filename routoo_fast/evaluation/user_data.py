@@ -25,15 +25,16 @@ def prepare_split(prompts, test_fraction: float, fit_hashes=()) -> tuple[np.ndar
     """The evaluation split of `prompts` [P] -> (split [P] of train / val / test / "" (left out), notes).
 
     Hash split with `test_fraction`; then each exact text is scored once, on the unseen side (`unseen_test_rows`),
-    and test prompts whose hash is in `fit_hashes` (what the router was fitted on) are left out too.
+    and test prompts whose hash is in `fit_hashes` (what the router was fitted on: a list of `prompt_hashes` or
+    their `join_hashes` string) are left out too.
     """
-    from routoo_fast.train.pipeline import prompt_hashes
+    from routoo_fast.train.pipeline import prompt_hashes, split_hashes
 
     split = split_by_hash(prompts, split_fractions(test_fraction)).astype(object)
     fit, test, overlap = unseen_test_rows(prompts, split)
     out = np.full(len(prompts), "", dtype=object)
     out[fit] = split[fit]
-    seen = set(fit_hashes)
+    seen = split_hashes(fit_hashes)
     hashes = prompt_hashes([prompts[i] for i in test])
     kept = np.array([i for i, h in zip(test, hashes) if h not in seen], dtype=np.int64)
     out[kept] = "test"

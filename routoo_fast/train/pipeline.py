@@ -18,14 +18,30 @@ import numpy as np
 from routoo_fast.data.splits import DEFAULT_TEST_FRACTION, SPLIT_NAMES, split_by_hash, split_counts, split_fractions
 from routoo_fast.train.recipe import GRID, RecipeFit, fit_count, fit_recipe
 
-__all__ = ["TrainedRouter", "train_router", "train_and_save", "check_trainable", "prompt_hashes", "GROUP_COLUMNS"]
+__all__ = ["TrainedRouter", "train_router", "train_and_save", "check_trainable", "prompt_hashes", "join_hashes",
+           "split_hashes", "GROUP_COLUMNS"]
 
 GROUP_COLUMNS = ("subject", "group")  # meta columns used as training-only group labels (soft targets), first found
 
 
+HASH_HEX = 12  # hex digits per prompt hash: 48 bits, a chance collision per prompt of ~1e-11 against 10k prompts
+
+
 def prompt_hashes(prompts) -> list[str]:
-    """16-hex-digit blake2b of each prompt's exact text: how a saved router remembers what it was fitted on."""
-    return [hashlib.blake2b(p.encode("utf-8"), digest_size=8).hexdigest() for p in prompts]
+    """12-hex-digit blake2b of each prompt's exact text: how a saved router remembers what it was fitted on
+    (stored as one concatenated string, `join_hashes`, in its metadata["fit_prompt_hashes"])."""
+    return [hashlib.blake2b(p.encode("utf-8"), digest_size=HASH_HEX // 2).hexdigest() for p in prompts]
+
+
+def join_hashes(hashes) -> str:
+    return "".join(sorted(hashes))
+
+
+def split_hashes(text) -> set[str]:
+    """The set of hashes in a `join_hashes` string (or a list of them)."""
+    if isinstance(text, str):
+        return {text[i:i + HASH_HEX] for i in range(0, len(text), HASH_HEX)}
+    return set(text or ())
 
 
 @dataclass
@@ -81,7 +97,7 @@ class TrainedRouter:
         fit = self.recipe_fit
         meta = {"recipe": fit.recipe.to_dict(), "recipe_epochs": fit.epochs, "recipe_val_loss": fit.val_loss,
                 "recipe_grid": fit.grid, "split_sizes": split_counts(self.split),
-                "group_column": self.group_column, "fit_prompt_hashes": list(self.fit_hashes)}
+                "group_column": self.group_column, "fit_prompt_hashes": join_hashes(self.fit_hashes)}
         if self.report is not None:
             meta["held_out"] = {"head": self.report.to_dict()["mean"], "knn": self.knn_report.to_dict()["mean"],
                                 "knn_k": self.knn_k}
