@@ -358,11 +358,12 @@ def main(argv=None) -> int:
         parser.error("--requests and --concurrency must be >= 1")
 
     p = plan(args.requests, args.malformed, args.faults, args.chat, args.seed)
-    # the fake upstream (in this process) drops connections on purpose by raising; uvicorn would log each one
-    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     fake = FakeUpstream()
     log = tempfile.TemporaryFile(mode="w+")  # the server's stderr: a file, not a pipe (a full pipe would stall it)
     with tempfile.TemporaryDirectory() as folder, serve_in_thread(fake.app) as upstream_url:
+        # the fake upstream (in this process) drops connections on purpose by raising, and uvicorn would log each
+        # one; its log level is set when it starts, so quieten it after that
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         upstreams = _upstreams_file(args.router, upstream_url, folder)
         proc, url = start_server(args, upstreams, log)
         rss: list[tuple[float, int, float]] = []
