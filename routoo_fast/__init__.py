@@ -23,6 +23,7 @@ _LAZY = {
     "Predictor": "routoo_fast.predictor",
     "OutcomeTable": "routoo_fast.data.table",
     "PriceTable": "routoo_fast.costs",
+    "CostModel": "routoo_fast.costs",
     "Router": "routoo_fast.router",
 }
 

@@ -28,7 +28,7 @@ __all__ = ["TrainConfig", "TrainHistory", "train_head", "merge_heads", "fold_sta
 
 @dataclass
 class TrainConfig:
-    """Every knob of `train_head`; the defaults are the recipe used for the shipped default router."""
+    """Every knob of `train_head` (one plain fit; the shipped recipe, `train.recipe`, builds its configs itself)."""
 
     hidden: int | None = 64  # H per ensemble member; None = no projection, logits = E x + b
     act: str = "gelu"

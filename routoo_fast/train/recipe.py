@@ -41,7 +41,8 @@ GRID = {"hidden": (32, 128), "beta": (0.3, 1.0), "n_seeds": (1, 2, 4), "logit_sh
 
 @dataclass
 class Recipe:
-    """Knobs of `fit_recipe_head` (defaults: the shipped router's recipe)."""
+    """Knobs of the recipe. `fit_recipe` chooses hidden, beta, n_seeds and logit_shrink on val from GRID and keeps
+    the others as given; the defaults are the values chosen for MMLU-Pro by cross-validation (docs/EVALUATION.md)."""
 
     hidden: int = 128
     act: str = "gelu"
@@ -108,22 +109,13 @@ def shrink_logits(head, prior, a: float) -> None:
 
 def fit_recipe_head(features, scores, train_idx, val_idx, groups=None, recipe: Recipe | None = None,
                     progress: bool = False):
-    """Fit the shipped recipe on rows train_idx (early stopping on val_idx) -> ScoringHead on raw features.
+    """The recipe with its knobs as given (no grid), fitted on rows train_idx with early stopping on val_idx and no
+    refit -> ScoringHead on raw features: `fit_recipe(..., grid={}, refit=False).head`.
 
     features [P, D] pooled encodings; scores [P, N] (NaN = missing); groups [P] training-only group labels
     (e.g. the MMLU subject) or None.
     """
-    recipe = recipe if recipe is not None else Recipe()
-    tr = np.asarray(train_idx, dtype=np.int64)
-    va = np.asarray(val_idx, dtype=np.int64)
-    fit_rows = np.concatenate([tr, va])
-    targets = group_targets(scores, groups, fit_rows, recipe.beta, recipe.group_shrink)
-    cfg = TrainConfig(hidden=recipe.hidden, act=recipe.act, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                      dropout=recipe.dropout, epochs=recipe.epochs, patience=recipe.patience, seed=0,
-                      ensemble=recipe.n_seeds)
-    head, _ = train_head(features, targets, tr, va, cfg, progress=progress)  # seeds 0..n_seeds-1, merged
-    shrink_logits(head, model_priors(scores, tr), recipe.logit_shrink)
-    return head
+    return fit_recipe(features, scores, train_idx, val_idx, groups=groups, recipe=recipe, grid={}, refit=False).head
 
 
 @dataclass
