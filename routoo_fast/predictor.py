@@ -2,6 +2,9 @@
 
     token states, pooling mask = Encoder.token_states(prompts)            per length bucket
     Q = pool_score(token states, mask, head weights)                      fused: pooled once, scored once
+
+An encoder with `pools_inside` (routoo_fast.onnx_encoder.OnnxEncoder) pools inside its graph: Q = pool_score of
+its pooled [B, D] output as one token per prompt (the masked mean of one token is that token), same head path.
 """
 from __future__ import annotations
 
@@ -53,6 +56,11 @@ class Predictor:
 
         prompts = check_prompts(prompts)
         weights = self.head.scoring_weights()
+        if getattr(self.encoder, "pools_inside", False):  # an ONNX encoder: pooled [B, D] in one call
+            import torch
+
+            pooled = torch.from_numpy(self.encoder.encode(prompts)).unsqueeze(1)  # [B, 1, D]: the mean is itself
+            return pool_score(pooled, None, backend=self.backend, **weights).numpy()
         out = np.empty((len(prompts), self.n_models), dtype=np.float32)
         for hidden, mask, index in self.encoder.token_states(prompts):
             out[index] = pool_score(hidden, mask, backend=self.backend, **weights).cpu().numpy()

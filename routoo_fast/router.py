@@ -6,7 +6,9 @@
 
 `Router.route` returns one `Decision` per prompt. `Router.aroute` is the same for an event loop: the predictor
 pass runs in a worker thread, shared with concurrent callers through a `MicroBatcher` once `enable_batching()`
-was called (the server does this), else alone in the loop's default executor.
+was called (the server does this), else alone in the loop's default executor. With `enable_q_cache(max_bytes)`
+(off by default; the server turns it on) an exact repeat of a prompt takes its Q from an LRU (routoo_fast.q_cache)
+and skips the encoder and the batcher. Policies given as text are parsed once per router and reused.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .policies import Budget, MaxQuality, MinCost, Policy, Tradeoff, parse_polic
 __all__ = ["Router", "Decision", "DEFAULT_ROUTER"]
 
 DEFAULT_ROUTER = Path(__file__).resolve().parent / "assets" / "default_router"
+_POLICY_CACHE = 256  # distinct policy texts kept parsed per router
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,21 @@ class Router:
         # one predictor pass at a time: HF fast tokenizers are not safe to share between threads
         self._predict_lock = threading.Lock()
         self.batcher: MicroBatcher | None = None
+        self.q_cache = None  # a routoo_fast.q_cache.QCache once enable_q_cache() was called
+        self._policies: dict = {}  # policy text -> checked Policy
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path="default", backend: str | None = None, max_length: int | None = None,
-                        num_threads: int | None = None, device=None, batch_size: int | None = None) -> "Router":
+                        num_threads: int | None = None, device=None, batch_size: int | None = None,
+                        encoder_backend: str | None = None, q_cache_bytes: int = 0) -> "Router":
         """Load a saved router directory ("default" = the shipped `assets/default_router`).
+
+        encoder_backend: "torch" (transformers, CPU or CUDA), "onnx" (onnxruntime fp32, CPU) or "onnx-int8"
+        (onnxruntime int8, CPU; validated against fp32 by scripts/onnx_parity.py); None = the one the router's
+        config.json records ("torch" when it records none). The onnx backends need the extra `routoo_fast[onnx]`
+        and export the router's own encoder to the cache on first use (see routoo_fast.onnx_encoder).
+        q_cache_bytes: > 0 turns on the exact-repeat cache of Q with this bound (see `enable_q_cache`).
 
         backend: pool+score backend (see routoo_fast._backend). max_length: encoder truncation, overriding the
         saved one (shorter is faster; the head was trained at the saved length). num_threads: torch threads.
@@ -109,16 +121,72 @@ class Router:
             spec = _with_max_length(spec, max_length)
         overrides = {k: v for k, v in (("num_threads", num_threads), ("device", device), ("batch_size", batch_size))
                      if v is not None}
-        encoder = Encoder.from_spec(spec, **overrides)
+        from .onnx_encoder import OnnxEncoder, check_encoder_backend
+
+        kind = check_encoder_backend(saved.encoder_backend if encoder_backend is None else encoder_backend)
+        if kind == "torch":
+            encoder = Encoder.from_spec(spec, **overrides)
+        else:
+            if backend == "triton":
+                raise ValueError(f"backend 'triton' pools token states on CUDA; encoder backend {kind!r} pools "
+                                 "inside its graph on the CPU (use encoder_backend='torch' for CUDA)")
+            encoder = OnnxEncoder.from_spec(spec, quantized=kind == "onnx-int8", **overrides)
         predictor = Predictor(encoder, saved.head, saved.model_names, backend=backend)
-        return cls(predictor, saved.cost_model)
+        router = cls(predictor, saved.cost_model)
+        if q_cache_bytes:
+            router.enable_q_cache(q_cache_bytes)
+        return router
+
+    @property
+    def encoder_backend(self) -> str:
+        """"torch", "onnx" or "onnx-int8": what runs this router's encoder."""
+        encoder = getattr(self.predictor, "encoder", None)
+        if getattr(encoder, "pools_inside", False):
+            return "onnx-int8" if encoder.quantized else "onnx"
+        return "torch"
+
+    # ---- exact-repeat cache ------------------------------------------------------------------------------
+    def enable_q_cache(self, max_bytes: int):
+        """Keep predicted Q rows of the prompts seen, least recently used out first, in at most about max_bytes
+        (see routoo_fast.q_cache); replaces any earlier cache. Returns the `QCache`."""
+        from .q_cache import QCache
+
+        self.q_cache = QCache(max_bytes, len(self.model_names))
+        return self.q_cache
+
+    def disable_q_cache(self) -> None:
+        self.q_cache = None
 
     # ---- prediction and costs ----------------------------------------------------------------------------
     def predict(self, prompts) -> np.ndarray:
         """Q np.float32 [B, N]: predicted probability that each model answers each prompt well."""
         prompts = _check_prompts(prompts)
+        cache = self.q_cache
+        if cache is None:
+            return self._predict_uncached(prompts)
+        keys, Q, misses = cache.lookup(prompts)
+        if misses:
+            Q[misses] = self._predict_unique([prompts[i] for i in misses], [keys[i] for i in misses],
+                                             self._predict_uncached, cache)
+        return Q
+
+    def _predict_uncached(self, prompts: list[str]) -> np.ndarray:
         with self._predict_lock:
             return self.predictor.predict(prompts)
+
+    @staticmethod
+    def _predict_unique(prompts, keys, predict, cache) -> np.ndarray:
+        """Q of cache misses: each distinct prompt predicted once, then stored."""
+        first: dict = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        unique = list(first.values())
+        Q = predict([prompts[i] for i in unique])
+        cache.store([keys[i] for i in unique], Q)
+        if len(unique) == len(keys):
+            return Q
+        row = {keys[i]: r for r, i in enumerate(unique)}
+        return Q[[row[key] for key in keys]]
 
     def costs(self, prompts) -> np.ndarray:
         """C np.float64 [B, N]: expected USD of calling each model on each prompt (input tokens of the prompt,
@@ -134,7 +202,7 @@ class Router:
         """One Decision per prompt under `policy` (text like "lambda=0.5", a mapping, or a policy object)."""
         prompts = _check_prompts(prompts)
         policy = self.check_policy(policy)
-        return self.decide(prompts, self._predict_any_thread(prompts), policy)
+        return self._decide(prompts, self._predict_any_thread(prompts), policy)
 
     async def aroute(self, prompts, policy="max_quality") -> list[Decision]:
         """`route` for an event loop: the predictor runs off the loop (in the micro-batcher when enabled).
@@ -143,15 +211,32 @@ class Router:
         """
         prompts = _check_prompts(prompts)
         policy = self.check_policy(policy)
-        return self.decide(prompts, await self.apredict(prompts), policy)
+        return self._decide(prompts, await self.apredict(prompts), policy)
 
     async def apredict(self, prompts) -> np.ndarray:
         """`predict` for an event loop: in the micro-batcher when enabled, else in the loop's default executor."""
         prompts = _check_prompts(prompts)
+        cache = self.q_cache
+        if cache is None:
+            return await self._apredict_uncached(prompts)
+        keys, Q, misses = cache.lookup(prompts)
+        if misses:
+            todo, todo_keys = [prompts[i] for i in misses], [keys[i] for i in misses]
+            first: dict = {}
+            for i, key in enumerate(todo_keys):
+                first.setdefault(key, i)
+            unique = list(first.values())
+            got = await self._apredict_uncached([todo[i] for i in unique])
+            cache.store([todo_keys[i] for i in unique], got)
+            row = {todo_keys[i]: r for r, i in enumerate(unique)}
+            Q[misses] = got[[row[key] for key in todo_keys]]
+        return Q
+
+    async def _apredict_uncached(self, prompts: list[str]) -> np.ndarray:
         batcher = self.batcher
         if batcher is not None:
             return await batcher.acall(prompts)
-        return await asyncio.get_running_loop().run_in_executor(None, self.predict, prompts)
+        return await asyncio.get_running_loop().run_in_executor(None, self._predict_uncached, prompts)
 
     def decide(self, prompts: Sequence[str], Q: np.ndarray, policy) -> list[Decision]:
         """Decisions from already predicted qualities Q [B, N] (e.g. cached) under `policy`."""
@@ -160,6 +245,9 @@ class Router:
         Q = np.asarray(Q)
         if Q.shape != (len(prompts), len(self.model_names)):
             raise ValueError(f"Q must have shape ({len(prompts)}, {len(self.model_names)}), got {Q.shape}")
+        return self._decide(prompts, Q, policy)
+
+    def _decide(self, prompts: list[str], Q: np.ndarray, policy: Policy) -> list[Decision]:
         C = self._costs(prompts)
         choice, feasible = _select(Q, C, policy, self._allowed(policy))
         rows = np.arange(len(prompts))
@@ -175,10 +263,15 @@ class Router:
         """Share predictor passes between concurrent `aroute` callers (see routoo_fast.batcher)."""
         if self.batcher is not None:
             raise RuntimeError("batching is already enabled; call disable_batching() first")
-        self.batcher = MicroBatcher(self.predict, max_wait=max_wait, max_batch_prompts=max_batch_prompts,
+        self.batcher = MicroBatcher(self._batcher_pass, max_wait=max_wait, max_batch_prompts=max_batch_prompts,
                                     max_batch_tokens=max_batch_tokens, max_queue=max_queue,
                                     token_estimate=approx_tokens)
         return self.batcher
+
+    def _batcher_pass(self, prompts: list[str]) -> np.ndarray:
+        """What the batcher runs: `predict`, or with the cache on the predictor alone (the cache was looked up
+        before the prompts joined the queue)."""
+        return self.predict(prompts) if self.q_cache is None else self._predict_uncached(prompts)
 
     def disable_batching(self) -> None:
         """Finish queued work and stop the batcher's worker. Idempotent."""
@@ -188,16 +281,34 @@ class Router:
 
     def _predict_any_thread(self, prompts: list[str]) -> np.ndarray:
         batcher = self.batcher
-        return batcher(prompts) if batcher is not None else self.predict(prompts)
+        if batcher is None:
+            return self.predict(prompts)
+        cache = self.q_cache
+        if cache is None:
+            return batcher(prompts)
+        keys, Q, misses = cache.lookup(prompts)
+        if misses:
+            Q[misses] = self._predict_unique([prompts[i] for i in misses], [keys[i] for i in misses], batcher, cache)
+        return Q
 
     # ---- checks ------------------------------------------------------------------------------------------
     def check_policy(self, policy) -> Policy:
-        """The parsed policy, or ValueError/TypeError if it is malformed or names models this router lacks."""
+        """The parsed policy, or ValueError/TypeError if it is malformed or names models this router lacks. Text is
+        parsed once and the checked policy reused (policies are frozen)."""
+        text = policy if isinstance(policy, str) else None
+        if text is not None:
+            cached = self._policies.get(text)
+            if cached is not None:
+                return cached
         policy = parse_policy(policy)
         if policy.models is not None:
             unknown = [m for m in policy.models if m not in self._index]
             if unknown:
                 raise ValueError(f"policy names unknown models {unknown}; this router knows {list(self.model_names)}")
+        if text is not None:
+            if len(self._policies) >= _POLICY_CACHE:
+                self._policies.clear()
+            self._policies[text] = policy
         return policy
 
     def _allowed(self, policy: Policy) -> np.ndarray | None:

@@ -8,6 +8,8 @@ config.json (format_version 1):
   head                    {d_in: D, n_models: N, hidden: H or null, act}
   expected_output_tokens  {model: tokens}
   metadata                free-form JSON (training data, config, held-out report, ...)
+  encoder_backend         optional: the encoder backend a Router loads by default ("torch", "onnx", "onnx-int8";
+                          absent = "torch", as routers saved before the field existed)
 head.safetensors: tensors W1 [H, D], b1 [H] (absent when hidden is null), E [N, H], b [N], float32.
 """
 from __future__ import annotations
@@ -35,6 +37,11 @@ class SavedRouter:
     prices: object  # PriceTable
     expected_output_tokens: np.ndarray  # float64 [N]
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def encoder_backend(self) -> str:
+        """The encoder backend recorded in config.json ("torch" when the router predates the field)."""
+        return self.config.get("encoder_backend") or "torch"
 
     @property
     def cost_model(self):
@@ -87,8 +94,10 @@ def _head_tensors(head) -> dict:
 
 
 def save_router(path, head, model_names, encoder_spec: dict, prices, expected_output_tokens=None,
-                metadata: dict | None = None) -> Path:
+                metadata: dict | None = None, encoder_backend: str = "torch") -> Path:
     """Write a router directory at `path` (replacing any old one only once the new one is complete).
+
+    encoder_backend: the encoder backend `Router.from_pretrained` uses unless told otherwise (ENCODER_BACKENDS).
 
     prices: a `costs.CostModel` (then expected_output_tokens is taken from it and its `describe()` goes to
     metadata["cost_model"]), or a PriceTable / price mapping together with expected_output_tokens."""
@@ -106,6 +115,9 @@ def save_router(path, head, model_names, encoder_spec: dict, prices, expected_ou
         prices, expected_output_tokens = prices.prices, prices.expected_output_tokens
     elif expected_output_tokens is None:
         raise TypeError("expected_output_tokens is required with a PriceTable (or pass a CostModel as prices)")
+    from routoo_fast.onnx_encoder import check_encoder_backend
+
+    check_encoder_backend(encoder_backend)
     names = _check_names(model_names)
     if head.n_models != len(names):
         raise ValueError(f"head scores {head.n_models} models but model_names has {len(names)}")
@@ -125,6 +137,7 @@ def save_router(path, head, model_names, encoder_spec: dict, prices, expected_ou
         "head": {"d_in": head.d_in, "n_models": head.n_models, "hidden": head.hidden, "act": head.act},
         "expected_output_tokens": {m: float(v) for m, v in zip(names, eo)},
         "metadata": dict(metadata or {}),
+        "encoder_backend": encoder_backend,
     }
     text = json.dumps(config, indent=2, allow_nan=False)  # fails here, before anything is written, if not JSON
     from routoo_fast._atomic import atomic_directory
@@ -171,6 +184,11 @@ def load_router(path) -> SavedRouter:
         raise ValueError(f"{cpath}: model_names: {e}") from None
     _expect(len(names) > 0, cpath, "model_names is empty")
     _expect(isinstance(config["encoder"], dict), cpath, "encoder must be an object (an Encoder spec)")
+    from routoo_fast.onnx_encoder import ENCODER_BACKENDS
+
+    backend = config.get("encoder_backend", "torch")
+    _expect(backend in ENCODER_BACKENDS, cpath,
+            f"encoder_backend must be one of {list(ENCODER_BACKENDS)}, got {backend!r}")
     hc = config["head"]
     _expect(isinstance(hc, dict) and {"d_in", "n_models", "hidden", "act"} <= set(hc), cpath,
             "head must be an object with d_in, n_models, hidden, act")

@@ -1,0 +1,400 @@
+"""The encoder in ONNX Runtime: prompts -> pooled encodings [B, D], the pooling inside the graph.
+
+Encoder backends (`ENCODER_BACKENDS`, chosen by `Router.from_pretrained(encoder_backend=...)`, `--encoder-backend`):
+  torch      routoo_fast.encoder.Encoder: transformers on CPU or CUDA (token states, then pool+score)
+  onnx       this module, fp32: the same weights exported to ONNX, run by onnxruntime on the CPU
+  onnx-int8  this module, int8: the fp32 graph with its weight MatMuls quantized (see QUANTIZATION)
+
+The graph, exported offline from the router's own encoder weights (never fetched):
+
+    inputs   input_ids [b, T] int64, attention_mask [b, T] int64, pool_mask [b, T] float32
+    hidden   = transformer(input_ids, attention_mask).last_hidden_state                     [b, T, D]
+    output   pooled = sum_t pool_mask[t] hidden[t] / max(sum_t pool_mask[t], 1)             [b, D] float32
+
+pool_mask is Encoder.pooling_mask's (the attention mask for "mean", one-hot at the last real token for "last"), so
+the pooled output is what the torch path's masked mean gives, and the scoring head runs on it unchanged (in torch,
+on the CPU). Files live in `<cache>/onnx/<key>/encoder.fp32.onnx` and `encoder.int8.onnx`, cache = the argument,
+else $ROUTOO_CACHE_DIR, else ~/.cache/routoo_fast; key = sha256 of the weight files + the export recipe's version
++ the torch and onnxruntime versions that wrote them. Every file is written atomically (temporary file + rename),
+so concurrent workers exporting at once each see a whole file; the export and the quantization are deterministic
+(same inputs, same bytes; tested).
+
+Tokenizing uses the model's fast tokenizer (`tokenizers.Tokenizer` from tokenizer.json, truncation set once, no
+padding) directly: no transformers call per prompt. Token ids equal the torch Encoder's (tested).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from routoo_fast._atomic import atomic_write_bytes
+from routoo_fast.encoder import (CHARS_PER_TOKEN, DEFAULT_NAME, POOLINGS, check_prompts, default_model_path,
+                                 weights_digest)
+
+__all__ = ["ENCODER_BACKENDS", "OnnxEncoder", "check_encoder_backend", "onnx_paths", "export_onnx",
+           "quantize_onnx", "QUANTIZATION", "EXPORT_VERSION"]
+
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+EXPORT_VERSION = 1  # bump when the export or quantization recipe changes: a new cache key, nothing stale is read
+OPSET = 17
+INSTALL_HINT = "pip install 'routoo_fast[onnx]' (onnxruntime and onnx)"
+# What onnx-int8 quantizes, chosen by the parity gate (scripts/onnx_parity.py, tests/test_onnx_parity.py):
+# dynamic int8 (weights int8 per output channel, activations uint8 per tensor with scales computed per call) on
+# the fused attention (Q/K/V projections) and the weight MatMuls, except the down-projections (a MatMul whose
+# weight has more input than output features: the FFN output layer, fed by the GELU outputs whose wide range one
+# uint8 scale per tensor resolves worst). Embeddings, LayerNorms and softmax stay fp32. Measured on 150 held-out
+# MMLU prompts against fp32, shipped head: all MatMuls int8 (embeddings fp32) mean |dQ| 0.0053; down-projections
+# fp32 0.0030; embeddings int8 too (onnxruntime's defaults, per tensor) 0.014, the issue's "too lossy" graph.
+QUANTIZATION = {"mode": "dynamic", "weights": "int8 per-channel", "op_types": ["MatMul", "Attention"],
+                "exclude": "down-projections"}
+_BERT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet"}
+
+
+def check_encoder_backend(name, source: str = "encoder_backend") -> str:
+    """`name` if it is one of ENCODER_BACKENDS, else ValueError naming `source`."""
+    if not isinstance(name, str) or name not in ENCODER_BACKENDS:
+        raise ValueError(f"{source} must be one of {list(ENCODER_BACKENDS)}, got {name!r}")
+    return name
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(f"the onnx encoder backends need onnxruntime: {INSTALL_HINT}; or use encoder "
+                          "backend 'torch'") from err
+    return onnxruntime
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ROUTOO_CACHE_DIR") or Path.home() / ".cache" / "routoo_fast")
+
+
+def onnx_paths(folder, cache_dir=None) -> tuple[Path, Path]:
+    """(fp32 graph, int8 graph) paths for the model in `folder` under the cache (neither need exist yet)."""
+    import torch
+
+    ort = _import_ort()
+    key = (f"{weights_digest(folder)[:24]}-v{EXPORT_VERSION}-torch{torch.__version__.split('+')[0]}"
+           f"-ort{ort.__version__}")
+    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "onnx" / key
+    return root / "encoder.fp32.onnx", root / "encoder.int8.onnx"
+
+
+# ---- export ----------------------------------------------------------------------------------------------------
+def _pooled_module(model):
+    import torch
+
+    class Pooled(torch.nn.Module):
+        """hidden states -> pooled [b, D] with the pooling mask, the math of pool_score.masked_mean."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, pool_mask):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            summed = torch.bmm(pool_mask.unsqueeze(1), hidden).squeeze(1)
+            return summed / pool_mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+    return Pooled(model).eval()
+
+
+def export_onnx(folder, out) -> Path:
+    """Export the transformer in `folder` (a local HF model folder) with the pooling in the graph to `out`, fp32,
+    atomically; BERT-family graphs are then fused by onnxruntime's transformer optimizer (attention, LayerNorm,
+    GELU), which the int8 graph builds on. Deterministic: the same weights give the same bytes."""
+    import io
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    _import_ort()
+    folder, out = Path(folder), Path(out)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    # eager attention: the SDPA path traces Python branches on shapes into constants
+    model = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
+                                      attn_implementation="eager").eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0]], dtype=torch.int64)
+    attention = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.int64)
+    buf = io.BytesIO()
+    dyn = {0: "batch", 1: "tokens"}
+    with torch.no_grad():
+        torch.onnx.export(_pooled_module(model), (ids, attention, attention.float()), buf,
+                          input_names=["input_ids", "attention_mask", "pool_mask"], output_names=["pooled"],
+                          dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "pool_mask": dyn,
+                                        "pooled": {0: "batch"}},
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    data = buf.getvalue()
+    if getattr(config, "model_type", None) in _BERT_TYPES:
+        data = _fuse_bert(data, config)
+    atomic_write_bytes(out, data)
+    return out
+
+
+def _fuse_bert(data: bytes, config) -> bytes:
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = onnx.load_from_string(data)
+    # opt_level 0: onnxruntime's own fusions only (not a session-optimised graph tied to this CPU)
+    fused = optimize_model(model, model_type="bert", num_heads=int(config.num_attention_heads),
+                          hidden_size=int(config.hidden_size), opt_level=0, use_gpu=False)
+    if not any(op.domain == "com.microsoft" for op in fused.model.opset_import):  # the fused ops' domain
+        fused.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return fused.model.SerializeToString()
+
+
+def quantize_onnx(src, out) -> Path:
+    """The int8 graph of the fp32 graph `src`, written atomically to `out` (recipe: QUANTIZATION)."""
+    import tempfile
+
+    import onnx
+
+    _import_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
+        tmp_out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(QUANTIZATION["op_types"]),
+                         nodes_to_exclude=down_projections(onnx.load(str(src), load_external_data=False)),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        atomic_write_bytes(out, tmp_out.read_bytes())
+    return out
+
+
+def down_projections(model) -> list[str]:
+    """Names of the MatMul nodes whose weight (an initializer [K, N]) has K > N: the layers onnx-int8 keeps fp32."""
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2:
+            shape = shapes.get(node.input[1])
+            if shape is not None and len(shape) == 2 and shape[0] > shape[1]:
+                names.append(node.name)
+    return names
+
+
+_EXPORT_LOCK = threading.Lock()
+
+
+def ensure_onnx(folder, quantized: bool, cache_dir=None) -> Path:
+    """The graph file for the model in `folder`, exported (and quantized) into the cache unless already there."""
+    fp32, int8 = onnx_paths(folder, cache_dir)
+    with _EXPORT_LOCK:
+        if not fp32.is_file():
+            export_onnx(folder, fp32)
+        if quantized and not int8.is_file():
+            quantize_onnx(fp32, int8)
+    return int8 if quantized else fp32
+
+
+# ---- the encoder -----------------------------------------------------------------------------------------------
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class OnnxEncoder:
+    """`Encoder`'s interface for pooled encodings, run by onnxruntime on the CPU.
+
+    path, max_length, batch_size, pooling, max_batch_tokens, max_chars: as `routoo_fast.encoder.Encoder`.
+    quantized: the int8 graph (encoder backend "onnx-int8") instead of fp32 ("onnx").
+    num_threads: onnxruntime intra-op threads for this encoder and torch's (process-wide) for the scoring head
+    (None = leave both as they are: onnxruntime's choice is all cores).
+    cache_dir: where the exported graphs live (None: $ROUTOO_CACHE_DIR or ~/.cache/routoo_fast). onnx_path: run
+    this graph file instead (it must have the inputs and output in the module docstring).
+    """
+
+    pools_inside = True  # Predictor scores encode()'s pooled output; there are no token states to pool
+
+    def __init__(self, path=None, max_length: int = 256, batch_size: int = 64, num_threads: int | None = None,
+                 pooling: str = "mean", quantized: bool = False, cache_dir=None, onnx_path=None,
+                 max_batch_tokens: int = 4096, max_chars: int | None = None, device=None):
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"the onnx encoder backends run on the CPU, got device={device!r} (use encoder "
+                             "backend 'torch' for CUDA)")
+        ort = _import_ort()
+        from tokenizers import Tokenizer
+
+        self.max_length = _positive_int("max_length", max_length, minimum=2)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.max_batch_tokens = _positive_int("max_batch_tokens", max_batch_tokens)
+        self.max_chars = (self.max_length * CHARS_PER_TOKEN if max_chars is None
+                          else _positive_int("max_chars", max_chars))
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.quantized = bool(quantized)
+        self.num_threads = None if num_threads is None else _positive_int("num_threads", num_threads)
+        if self.num_threads is not None:
+            # the scoring head runs in torch: the same count there (process-wide, as the torch Encoder sets it);
+            # idle torch threads left spinning next to onnxruntime's cost a batch-1 call milliseconds
+            import torch
+
+            torch.set_num_threads(self.num_threads)
+        self.path = None if path is None else str(path)
+        folder = Path(default_model_path() if path is None else path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"encoder path {str(folder)!r} is not a local HF model folder with config.json")
+        if not (folder / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"encoder path {str(folder)!r} has no tokenizer.json (the onnx backends need "
+                                    "a fast tokenizer; use encoder backend 'torch')")
+        self.folder = folder
+        import json
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        limit = config.get("max_position_embeddings")
+        if isinstance(limit, int) and self.max_length > limit:
+            raise ValueError(f"max_length={self.max_length} exceeds the model's max_position_embeddings={limit}")
+        self.hidden_size = int(config["hidden_size"])
+        self.device = "cpu"
+
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(self.max_length)
+        self.tokenizer = tok
+        self.pad_id = self._pad_id(folder, tok)
+
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else ensure_onnx(folder, self.quantized,
+                                                                                     cache_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.num_threads is not None:
+            options.intra_op_num_threads = self.num_threads
+            # no spinning between runs: a waiting thread would burn a core another worker needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["input_ids", "attention_mask", "pool_mask"]:
+            raise ValueError(f"{self.onnx_path}: graph inputs {names}, expected input_ids, attention_mask, pool_mask")
+        self._one = np.ones((1, self.max_length), dtype=np.int64)  # batch-1 masks are views of these
+        self._one_f = np.ones((1, self.max_length), dtype=np.float32)
+
+    @staticmethod
+    def _pad_id(folder: Path, tok) -> int:
+        import json
+
+        special = folder / "special_tokens_map.json"
+        pad = None
+        if special.is_file():
+            value = json.loads(special.read_text(encoding="utf-8")).get("pad_token")
+            pad = value.get("content") if isinstance(value, dict) else value
+        for name in (pad, "[PAD]", "<pad>"):
+            if name is not None and tok.token_to_id(name) is not None:
+                return int(tok.token_to_id(name))
+        return 0  # padded positions are masked out; any id will do
+
+    # --- identity (the same as the torch Encoder's: same weights, same head) ------------------------------------
+    @cached_property
+    def encoder_id(self) -> str:
+        name = DEFAULT_NAME if self.path is None else self.folder.name
+        return f"{name}@sha256:{weights_digest(self.folder)[:16]}/pool={self.pooling}/max_length={self.max_length}"
+
+    def spec(self) -> dict:
+        return {"path": self.path, "max_length": self.max_length, "batch_size": self.batch_size,
+                "pooling": self.pooling, "encoder_id": self.encoder_id}
+
+    @classmethod
+    def from_spec(cls, spec: dict, **overrides) -> "OnnxEncoder":
+        """Rebuild from an `Encoder.spec()`; overrides: num_threads, batch_size, max_batch_tokens, max_chars,
+        quantized, cache_dir, onnx_path, device ("cpu" only). The weights found must give the spec's encoder_id."""
+        if not isinstance(spec, dict):
+            raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
+        unknown = set(spec) - {"path", "max_length", "batch_size", "pooling", "encoder_id"}
+        if unknown:
+            raise ValueError(f"encoder spec has unknown keys {sorted(unknown)}")
+        allowed = {"num_threads", "device", "batch_size", "max_batch_tokens", "max_chars", "quantized", "cache_dir",
+                   "onnx_path"}
+        if set(overrides) - allowed:
+            raise TypeError(f"from_spec overrides must be among {sorted(allowed)}, got {sorted(overrides)}")
+        kwargs = {k: spec[k] for k in ("path", "max_length", "batch_size", "pooling") if k in spec}
+        kwargs.update(overrides)
+        encoder = cls(**kwargs)
+        expected = spec.get("encoder_id")
+        if expected is not None and expected != encoder.encoder_id:
+            raise ValueError(f"encoder spec was made with {expected!r} but the weights found give "
+                             f"{encoder.encoder_id!r}")
+        return encoder
+
+    def __repr__(self) -> str:
+        where = DEFAULT_NAME if self.path is None else self.path
+        kind = "onnx-int8" if self.quantized else "onnx"
+        return (f"OnnxEncoder({where!r}, {kind}, max_length={self.max_length}, batch_size={self.batch_size}, "
+                f"pooling={self.pooling!r})")
+
+    # --- encoding -----------------------------------------------------------------------------------------------
+    def token_ids(self, prompts) -> list[list[int]]:
+        """Token ids per prompt: the first max_chars characters, tokenized, truncated to max_length tokens."""
+        prompts = check_prompts(prompts)
+        texts = [p if len(p) <= self.max_chars else p[:self.max_chars] for p in prompts]
+        if len(texts) == 1:
+            ids = [self.tokenizer.encode(texts[0]).ids]
+        else:
+            ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        return [x if len(x) else [self.pad_id] for x in ids]
+
+    def encode(self, prompts) -> np.ndarray:
+        """Pooled encodings np.float32 [B, D] in the order of `prompts`."""
+        prompts = check_prompts(prompts)
+        ids = self.token_ids(prompts)
+        if len(ids) == 1:  # the latency path: no sorting, no padding
+            x = np.asarray(ids, dtype=np.int64)
+            n = x.shape[1]
+            return self._run(x, self._one[:, :n], self._pool_mask(self._one[:, :n]))
+        out = np.empty((len(ids), self.hidden_size), dtype=np.float32)
+        if self.quantized:
+            # one prompt per run: dynamic quantization scales activations by their range over the whole batch
+            # (padding included), so a batched int8 encoding would depend on its neighbours; alone, a prompt's
+            # encoding is the same in any batch, and no padding is computed
+            for i, x in enumerate(ids):
+                row = np.asarray([x], dtype=np.int64)
+                mask = self._one[:, :row.shape[1]]
+                out[i] = self._run(row, mask, self._pool_mask(mask))[0]
+            return out
+        for pooled, index in self._batches(ids):
+            out[index] = pooled
+        return out
+
+    def _batches(self, ids) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable")
+        sorted_lengths = lengths[order]
+        start = 0
+        for end in range(1, len(order) + 1):  # the torch Encoder's buckets: batch_size and max_batch_tokens
+            full = end - start == self.batch_size
+            last = end == len(order)
+            too_wide = not last and (end + 1 - start) * sorted_lengths[end] > self.max_batch_tokens
+            if full or last or too_wide:
+                index = order[start:end]
+                width = int(sorted_lengths[end - 1])
+                x = np.full((len(index), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(index), width), dtype=np.int64)
+                for row, i in enumerate(index):
+                    n = len(ids[i])
+                    x[row, :n] = ids[i]
+                    mask[row, :n] = 1
+                yield self._run(x, mask, self._pool_mask(mask)), index
+                start = end
+
+    def _pool_mask(self, mask: np.ndarray) -> np.ndarray:
+        if self.pooling == "mean":
+            return self._one_f[:, :mask.shape[1]] if mask.shape[0] == 1 and mask.all() else mask.astype(np.float32)
+        last = mask.sum(axis=1) - 1
+        out = np.zeros(mask.shape, dtype=np.float32)
+        out[np.arange(mask.shape[0]), last] = 1.0
+        return out
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, pool_mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask, "pool_mask": pool_mask})[0]
