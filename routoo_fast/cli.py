@@ -19,6 +19,8 @@ from .encoder import CHARS_PER_TOKEN
 __all__ = ["main", "build_parser"]
 
 PROG = "routoo-fast"
+DEFAULT_Q_CACHE_BYTES = 64 * 1024 * 1024  # the server's exact-repeat cache: about 230,000 prompts at 29 models
+_SERVE_ARGV_ENV = "ROUTOO_SERVE_ARGV"  # how `serve --workers N` hands its arguments to each worker process
 
 EXAMPLE_PROMPTS = [
     "What is 7 + 5?",
@@ -44,6 +46,10 @@ def _add_router_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument("--encoder-batch", type=int, default=None, metavar="N",
                    help="prompts per encoder forward pass (default: the router's; on CPU, 4 suits 256-token prompts)")
+    p.add_argument("--encoder-backend", choices=["torch", "onnx", "onnx-int8"], default=None,
+                   help="what runs the encoder: torch (CPU or CUDA), onnx (onnxruntime fp32, CPU) or onnx-int8 "
+                        "(onnxruntime int8, CPU; the fastest on a CPU, decisions validated against fp32); the onnx "
+                        "ones need pip install 'routoo_fast[onnx]' (default: the router's, torch if it names none)")
 
 
 def _add_policy_args(p: argparse.ArgumentParser, default_help: str) -> None:
@@ -140,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="most requests waiting before 503 (default: %(default)s)")
+    p.add_argument("--q-cache-bytes", type=int, default=DEFAULT_Q_CACHE_BYTES, metavar="BYTES",
+                   help="memory for the exact-repeat cache of predicted qualities (a repeated prompt skips the "
+                        "encoder; hits and misses in /metrics), per worker; 0 = off (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the port, each with its own router and --threads 1 unless "
+                        "--threads says otherwise (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, metavar="BYTES",
                    help="most bytes of a request body; more is 413, refused while reading (default: %(default)s)")
     p.add_argument("--max-prompts-per-request", type=int, default=1024, metavar="N",
@@ -219,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -262,40 +276,83 @@ def cmd_route(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .batcher import limit_malloc_growth
-    from .server import create_app
-    from .upstreams import Upstreams
+    _check_serve_args(args)
+    log_level = "warning" if args.quiet and args.log_level == "info" else args.log_level
+    common = dict(host=args.host, port=args.port, log_level=log_level, access_log=False,
+                  timeout_graceful_shutdown=args.timeout_graceful_shutdown)
+    if args.workers == 1:
+        uvicorn.run(_serve_app(args), **common)
+        return 0
+    _prepare_encoder(args)  # export an ONNX graph once here, not in every worker at once
+    os.environ[_SERVE_ARGV_ENV] = json.dumps(args.argv)
+    # uvicorn's workers are processes that import the app: each builds its own router from the same arguments
+    uvicorn.run("routoo_fast.cli:serve_worker_app", factory=True, workers=args.workers, **common)
+    return 0
 
-    token = None
-    if args.auth_token_env:
-        token = os.environ.get(args.auth_token_env)
-        if not token:
-            raise UserError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
-    upstreams = Upstreams.load(args.upstreams) if args.upstreams else None
+
+def serve_worker_app():
+    """The app of one `serve --workers N` process, built from the arguments the parent left in the environment."""
+    argv = os.environ.get(_SERVE_ARGV_ENV)
+    if argv is None:
+        raise RuntimeError(f"serve_worker_app needs {_SERVE_ARGV_ENV} (set by 'routoo-fast serve --workers N')")
+    args = build_parser().parse_args(json.loads(argv))
+    _check_serve_args(args)
+    return _serve_app(args)
+
+
+def _check_serve_args(args) -> None:
     _check_positive("--max-wait-ms", args.max_wait_ms, allow_zero=True)
     _check_positive("--max-batch-tokens", args.max_batch_tokens, allow_zero=True)
     if args.max_prompt_chars is not None:
         _check_positive("--max-prompt-chars", args.max_prompt_chars)
     for flag in ("--max-body-bytes", "--max-prompts-per-request", "--upstream-connect-timeout",
-                 "--upstream-read-timeout"):
+                 "--upstream-read-timeout", "--workers"):
         _check_positive(flag, getattr(args, flag[2:].replace("-", "_")))
     _check_positive("--timeout-graceful-shutdown", args.timeout_graceful_shutdown, allow_zero=True)
     _check_positive("--malloc-mmap-threshold", args.malloc_mmap_threshold, allow_zero=True)
+    _check_positive("--q-cache-bytes", args.q_cache_bytes, allow_zero=True)
+    if args.auth_token_env and not os.environ.get(args.auth_token_env):
+        raise UserError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
+    if args.workers > 1 and args.threads is None:
+        args.threads = 1  # one intra-op thread per worker: N processes on N cores, none spinning on another's
+
+
+def _serve_app(args):
+    from .batcher import limit_malloc_growth
+    from .server import create_app
+    from .upstreams import Upstreams
+
+    token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
+    upstreams = Upstreams.load(args.upstreams) if args.upstreams else None
     if args.malloc_mmap_threshold:
         limit_malloc_growth(args.malloc_mmap_threshold)  # before the model's weights and the first passes
     router = _load_router(args)
     if args.max_prompt_chars is not None:
         router.predictor.encoder.max_chars = args.max_prompt_chars
-    app = create_app(router, upstreams, default_policy=args.policy, batching=not args.no_batching,
-                     max_wait=args.max_wait_ms / 1000.0, max_batch_prompts=args.max_batch,
-                     max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token,
-                     max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
-                     upstream_connect_timeout=args.upstream_connect_timeout,
-                     upstream_read_timeout=args.upstream_read_timeout)
-    log_level = "warning" if args.quiet and args.log_level == "info" else args.log_level
-    uvicorn.run(app, host=args.host, port=args.port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=args.timeout_graceful_shutdown)
-    return 0
+    if args.q_cache_bytes:
+        router.enable_q_cache(args.q_cache_bytes)  # after max_chars: cached Q must be what the encoder now gives
+    return create_app(router, upstreams, default_policy=args.policy, batching=not args.no_batching,
+                      max_wait=args.max_wait_ms / 1000.0, max_batch_prompts=args.max_batch,
+                      max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token,
+                      max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
+                      upstream_connect_timeout=args.upstream_connect_timeout,
+                      upstream_read_timeout=args.upstream_read_timeout)
+
+
+def _prepare_encoder(args) -> None:
+    """With an onnx encoder backend, export (and quantize) the router's encoder into the cache now."""
+    from .router import DEFAULT_ROUTER
+    from .saved import load_router
+
+    saved = load_router(DEFAULT_ROUTER if args.router == "default" else args.router)
+    kind = args.encoder_backend or saved.encoder_backend
+    if kind == "torch":
+        return
+    from .encoder import default_model_path
+    from .onnx_encoder import ensure_onnx
+
+    folder = saved.config["encoder"].get("path") or default_model_path()
+    ensure_onnx(folder, quantized=kind == "onnx-int8")
 
 
 def cmd_bench(args) -> int:
@@ -474,7 +531,8 @@ def _load_router(args):
     if args.encoder_batch is not None:
         _check_positive("--encoder-batch", args.encoder_batch)
     return Router.from_pretrained(args.router, backend=args.backend, max_length=args.max_length,
-                                  num_threads=args.threads, batch_size=args.encoder_batch)
+                                  num_threads=args.threads, batch_size=args.encoder_batch,
+                                  encoder_backend=getattr(args, "encoder_backend", None))
 
 
 def _check_positive(flag: str, value, allow_zero: bool = False) -> None:

@@ -49,6 +49,7 @@ from starlette.routing import Route
 from .batcher import DEFAULT_MAX_BATCH_TOKENS, BatcherClosed, QueueFull
 from .encoder import InvalidPrompt, check_prompts
 from .policies import parse_policy
+from .q_cache import prometheus_collector as q_cache_collector
 from .upstreams import MissingAPIKey, Upstreams
 
 __all__ = ["create_app", "ROUTER_MODEL"]
@@ -264,6 +265,7 @@ def create_app(
         raise ValueError("auth_token must be a non-empty string or None")
     metrics = Metrics()
     metrics.registry.register(_BatcherCollector(router))
+    metrics.registry.register(q_cache_collector(router))  # hits/misses of router.q_cache (zeros while it is off)
     timeouts = _Timeouts(float(upstream_connect_timeout), float(upstream_read_timeout))
     created = int(time.time())
     model_list = [{"id": ROUTER_MODEL, "object": "model", "created": created, "owned_by": "routoo-fast"}]
