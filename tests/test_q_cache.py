@@ -88,9 +88,11 @@ def test_router_with_cache_gives_the_same_q_and_skips_the_predictor():
     cached.enable_q_cache(1 << 20)
     prompts = ["What is 2 + 2?", "hi", "What is 2 + 2?", "Name a prime."]
     want = plain.predict(prompts)
-    np.testing.assert_array_equal(cached.predict(prompts), want)
+    first = cached.predict(prompts)
+    # the cached router encodes 3 unique prompts, the plain one 4: matmuls of other shapes, so fp32 tolerances
+    np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-6)
     assert calls == [["What is 2 + 2?", "hi", "Name a prime."]]  # a repeat inside one call is predicted once
-    np.testing.assert_array_equal(cached.predict(prompts[::-1]), want[::-1])
+    np.testing.assert_array_equal(cached.predict(prompts[::-1]), first[::-1])  # hits: the stored rows, bit for bit
     assert len(calls) == 1
     assert [d.model for d in cached.route(prompts, "lambda=100")] == [d.model for d in plain.route(prompts, "lambda=100")]
     assert len(calls) == 1
@@ -108,9 +110,9 @@ def test_router_cache_with_the_batcher():
         prompts = ["a b c", "d e f", "a b c"]
         want = plain.predict(prompts)
         got = asyncio.run(cached.apredict(prompts))
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(asyncio.run(cached.apredict(prompts[:1])), want[:1])
-        np.testing.assert_array_equal(np.stack([np.asarray(cached.predict(["d e f"]))[0]]), want[1:2])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # 2 unique prompts encoded against 3
+        np.testing.assert_array_equal(asyncio.run(cached.apredict(prompts[:1])), got[:1])  # hits: the stored rows
+        np.testing.assert_array_equal(np.stack([np.asarray(cached.predict(["d e f"]))[0]]), got[1:2])
         assert [d.model for d in cached.route(prompts, "max_quality")] == \
             [d.model for d in plain.route(prompts, "max_quality")]
         assert cached.q_cache.stats()["misses"] == 3  # lookups not found; the repeat was predicted once:
