@@ -29,3 +29,15 @@ def test_load_batched_vs_unbatched():
               f"status {r.status_counts}")
     assert all(r.errors == 0 and r.status_counts == {"200": 2000} for r in results.values())
     assert results["batched"].mean_pass_prompts > 1.0  # passes were shared by concurrent callers
+
+
+def test_load_one_and_two_workers():
+    """`serve --workers 2` answers every request on one port (the speed-up is printed, never asserted)."""
+    pytest.importorskip("onnxruntime")
+    run_load_test = load_script().run_load_test
+    results = run_load_test("default", requests=1000, concurrency=32, max_length=None, modes=("batched",),
+                            workers=(1, 2), encoder_backend="onnx-int8", prompt_kind="short", client="raw")
+    for r in results:
+        print(f"\n{r.workers} worker(s): {r.requests_per_s:.1f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms")
+    assert [r.workers for r in results] == [1, 2]
+    assert all(r.errors == 0 and r.status_counts == {"200": 1000} for r in results)
