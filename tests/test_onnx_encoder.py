@@ -214,3 +214,19 @@ def test_triton_with_an_onnx_encoder_is_refused(onnx_env):
 
     with pytest.raises(ValueError, match="inside its graph"):
         Router.from_pretrained("default", backend="triton", encoder_backend="onnx")
+
+
+def test_cli_route_takes_the_encoder_backend(onnx_env, capsys):
+    from routoo_fast import cli
+
+    outputs = {}
+    for kind in ("torch", "onnx"):
+        assert cli.main(["route", "What is 7 + 5?", "--max-length", "32", "--threads", "1", "--json", "--scores",
+                         "--encoder-backend", kind]) == 0
+        outputs[kind] = json.loads(capsys.readouterr().out)
+    assert outputs["onnx"]["model"] == outputs["torch"]["model"]
+    for m, v in outputs["torch"]["scores"].items():
+        assert abs(outputs["onnx"]["scores"][m]["quality"] - v["quality"]) < 2e-5
+    with pytest.raises(SystemExit):  # argparse refuses an unknown backend by name
+        cli.main(["route", "hi", "--encoder-backend", "tensorrt"])
+    assert "invalid choice" in capsys.readouterr().err
