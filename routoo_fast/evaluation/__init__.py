@@ -6,6 +6,7 @@ the baseline routers, reports and plots, and the reproduction on real data.
     baselines.py  single models, random mix, oracle, kNN, matrix factorisation
     report.py     evaluate_pool -> PoolReport; Report.write: report.md, results.json, one PNG per pool
     reproduce.py  the bundled reproduction and the other real-data sets
+    user_data.py  `routoo-fast eval --data FILE --router DIR`: the same report on a user's own outcomes
 
 Imports from routoo_fast.train, routoo_fast.data and the live path (the arrows point down).
 The names of curves, metrics, baselines and report are re-exported here.
