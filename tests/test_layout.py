@@ -117,3 +117,15 @@ def test_import_routoo_fast_is_cheap():
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_no_private_attribute_reached_into_from_outside():
+    """`obj._name` only on self / cls: another object's private attribute (e.g. the encoder's pooling mask, once
+    re-implemented through `encoder._pooling_mask` by training) is a contract nobody promised."""
+    bad = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                bad.append(f"{module}:{node.lineno}: .{node.attr}")
+    assert not bad, "\n".join(bad)
