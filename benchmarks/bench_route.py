@@ -4,8 +4,8 @@
 
 Groups, each with the backends torch / onnx / onnx-int8 at 1 thread and at all threads:
   "route B=1 short"   `Router.route([prompt])` of a 9-token prompt (special tokens included); 200 rounds
-  "route B=1 mmlu"    the same for a bundled MMLU question of median length (about 107 tokens); 40 rounds
-  "route B=64 mmlu"   `Router.route` of 64 bundled MMLU questions; 3 rounds
+  "route B=1 mmlu"    the same for a bundled MMLU question of 107 tokens (the issue's); 40 rounds
+  "route B=64 mmlu"   `Router.route` of 64 bundled MMLU questions drawn at random (seed 0); 3 rounds
   "session B=1 short" the onnxruntime session's own run for the 9-token prompt (no tokenizing, no head, no
                       selector): the floor the issue's "route within 1.3x of the session" is measured against
 extra_info: p50_ms and p99_ms of the rounds, prompts_per_s (throughput next to time), tokens, threads. The summary
@@ -24,6 +24,7 @@ import pytest
 BACKENDS = ("torch", "onnx", "onnx-int8")
 THREADS = (1, os.cpu_count() or 1)
 SHORT = "What is the capital of France?"  # [CLS] what is the capital of france ? [SEP]: 9 tokens
+MMLU_TOKENS = 107  # the issue's MMLU question; the bundled questions' median is 125 tokens, 19% reach the 256 cap
 POLICY = "lambda=100"
 RESULTS: dict = {}
 
@@ -35,12 +36,12 @@ def prompts():
 
     table = load_default()
     enc = Encoder(num_threads=1, device="cpu")
-    sample = table.prompts[:512]
-    lengths = np.array([len(x) for x in enc.token_ids(sample)])
-    median = sample[int(np.argsort(lengths)[len(lengths) // 2])]
+    order = np.random.default_rng(0).permutation(len(table.prompts))
+    batch = [table.prompts[i] for i in order[:64]]  # a random 64 of the bundled questions
+    lengths = np.array([len(x) for x in enc.token_ids([table.prompts[i] for i in order[:2000]])])
+    mmlu = table.prompts[order[int(np.flatnonzero(lengths == MMLU_TOKENS)[0])]]
     assert len(enc.token_ids([SHORT])[0]) == 9
-    return {"short": SHORT, "mmlu": median, "batch": table.prompts[:64],
-            "tokens": {"short": 9, "mmlu": int(np.median(lengths))}}
+    return {"short": SHORT, "mmlu": mmlu, "batch": batch, "tokens": {"short": 9, "mmlu": MMLU_TOKENS}}
 
 
 @pytest.fixture(scope="module")
