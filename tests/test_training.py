@@ -207,6 +207,7 @@ def test_train_router_reports_head_and_knn_and_saves(tmp_path):
     assert back.expected_output_tokens.tolist() == [10, 20, 30, 40]
     assert back.metadata["held_out"]["head"]["auc"] == pytest.approx(trained.report.mean_auc)
     assert back.metadata["split_sizes"]["test"] == int((trained.split == "test").sum())
+    assert back.metadata["test_fraction"] == 0.2  # what eval --data splits with by default
     assert len(back.metadata["fit_prompt_hashes"]) == 12 * int((trained.split != "test").sum())
     assert back.cost_model.prices.get("m0").input_usd_per_mtok == 1.0
     again = train_router(table, enc, prices=prices, cache_dir=tmp_path / "cache", progress=False, **FAST_RECIPE)

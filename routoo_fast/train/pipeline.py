@@ -60,6 +60,7 @@ class TrainedRouter:
     fit_hashes: list = field(default_factory=list)  # prompt_hashes of the train + val prompts
     group_column: str | None = None
     finetune_history: object = None  # set when the encoder was fine-tuned
+    test_fraction: float | None = None  # of the hash split (None: the caller gave the split)
 
     def summary(self) -> str:
         """What a person wants to know after training: where the prompts went, the recipe, costs, held-out."""
@@ -98,6 +99,8 @@ class TrainedRouter:
         meta = {"recipe": fit.recipe.to_dict(), "recipe_epochs": fit.epochs, "recipe_val_loss": fit.val_loss,
                 "recipe_grid": fit.grid, "split_sizes": split_counts(self.split),
                 "group_column": self.group_column, "fit_prompt_hashes": join_hashes(self.fit_hashes)}
+        if self.test_fraction is not None:
+            meta["test_fraction"] = self.test_fraction  # `eval --data` splits the same way by default
         if self.report is not None:
             meta["held_out"] = {"head": self.report.to_dict()["mean"], "knn": self.knn_report.to_dict()["mean"],
                                 "knn_k": self.knn_k}
@@ -164,6 +167,7 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     from routoo_fast.costs import CostModel
     from routoo_fast.data.encoding_cache import encode_cached, features
 
+    split_given = split is not None
     split = _make_split(table, split, test_fraction)
     check_trainable(table, split)
     groups, group_column = _groups(table, group_column)
@@ -202,7 +206,9 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     return TrainedRouter(head=head, model_names=list(table.models), encoder_spec=encoder.spec(), recipe_fit=fit,
                          cost_model=cost_model, split=split, report=report, knn_report=knn_report, knn_k=k,
                          fit_hashes=prompt_hashes([table.prompts[i] for i in fit_rows]), group_column=group_column,
-                         finetune_history=tune_history)
+                         finetune_history=tune_history,
+                         test_fraction=None if split_given else (DEFAULT_TEST_FRACTION if test_fraction is None
+                                                                 else float(test_fraction)))
 
 
 def _held_out(table, x, head, tr, va, te, knn_k):
@@ -249,7 +255,7 @@ def train_and_save(output, data="default", prices_file=None, equal_cost: bool = 
     trained = train_router(table, prices=prices, equal_cost=equal_cost, default_output_tokens=output_tokens,
                            test_fraction=test_fraction, group_column=group_column, cache_dir=cache_dir,
                            num_threads=num_threads, progress=progress)
-    trained.save(output, metadata={"data": str(data), "test_fraction": test_fraction,
+    trained.save(output, metadata={"data": str(data),
                                    "prices_file": None if prices_file is None else str(prices_file)})
     if echo is not None:
         echo(trained.summary())
