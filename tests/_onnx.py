@@ -2,7 +2,9 @@
 quantization take about 10 s on this machine). Tests that use it skip without onnxruntime."""
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 
 import pytest
@@ -10,7 +12,9 @@ import pytest
 
 @functools.lru_cache(maxsize=None)
 def _cache_dir() -> str:
-    return tempfile.mkdtemp(prefix="routoo-onnx-test-")
+    path = tempfile.mkdtemp(prefix="routoo-onnx-test-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)  # about 150 MB of graphs: gone when the run ends
+    return path
 
 
 def onnx_cache_dir() -> str:
