@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from routoo_fast.batcher import MicroBatcher
+from routoo_fast.serve.batcher import MicroBatcher
 from routoo_fast.router import DEFAULT_ROUTER
 
 B = 64

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from .batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD
+from .serve.batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD
 from .encoder import CHARS_PER_TOKEN
 
 __all__ = ["main", "build_parser"]
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/healthz and /metrics on uvicorn."))
     _add_router_args(p)
     p.add_argument("--upstreams", metavar="FILE",
-                   help="JSON file of upstream endpoints per model (see routoo_fast.upstreams)")
+                   help="JSON file of upstream endpoints per model (see routoo_fast.serve.upstreams)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--policy", default="max_quality", metavar="SPEC",
@@ -318,9 +318,9 @@ def _check_serve_args(args) -> None:
 
 
 def _serve_app(args):
-    from .batcher import limit_malloc_growth
-    from .server import create_app
-    from .upstreams import Upstreams
+    from .serve.batcher import limit_malloc_growth
+    from .serve.server import create_app
+    from .serve.upstreams import Upstreams
 
     token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
     upstreams = Upstreams.load(args.upstreams) if args.upstreams else None

@@ -17,12 +17,14 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .batcher import MicroBatcher, approx_tokens
 from .policies import Budget, MaxQuality, MinCost, Policy, Tradeoff, parse_policy
+
+if TYPE_CHECKING:  # the batcher is serving machinery, imported only when batching is enabled
+    from .serve.batcher import MicroBatcher
 
 __all__ = ["Router", "Decision", "DEFAULT_ROUTER"]
 
@@ -207,7 +209,7 @@ class Router:
     async def aroute(self, prompts, policy="max_quality") -> list[Decision]:
         """`route` for an event loop: the predictor runs off the loop (in the micro-batcher when enabled).
 
-        With batching enabled, raises `routoo_fast.batcher.QueueFull` when the batcher's queue is full.
+        With batching enabled, raises `routoo_fast.serve.batcher.QueueFull` when the batcher's queue is full.
         """
         prompts = _check_prompts(prompts)
         policy = self.check_policy(policy)
@@ -260,7 +262,9 @@ class Router:
     # ---- micro-batching ----------------------------------------------------------------------------------
     def enable_batching(self, max_wait: float = 0.002, max_batch_prompts: int = 64,
                         max_batch_tokens: int | None = None, max_queue: int = 1024) -> MicroBatcher:
-        """Share predictor passes between concurrent `aroute` callers (see routoo_fast.batcher)."""
+        """Share predictor passes between concurrent `aroute` callers (see routoo_fast.serve.batcher)."""
+        from .serve.batcher import MicroBatcher, approx_tokens
+
         if self.batcher is not None:
             raise RuntimeError("batching is already enabled; call disable_batching() first")
         self.batcher = MicroBatcher(self._batcher_pass, max_wait=max_wait, max_batch_prompts=max_batch_prompts,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from routoo_fast.batcher import BatcherClosed, MicroBatcher, QueueFull, approx_tokens
+from routoo_fast.serve.batcher import BatcherClosed, MicroBatcher, QueueFull, approx_tokens
 
 
 def row_fn(prompts):
@@ -416,7 +416,7 @@ def test_stats_histograms_count_every_pass():
 def test_limit_malloc_growth():
     import platform
 
-    from routoo_fast.batcher import limit_malloc_growth
+    from routoo_fast.serve.batcher import limit_malloc_growth
 
     for bad in (0, -1, 2 ** 31, True, 1.5):
         with pytest.raises(ValueError, match="mmap_threshold"):

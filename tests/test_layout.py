@@ -9,8 +9,9 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "routoo_fast"
 # room of each module: its subpackage, or "live" for the flat top level (cli is the entry point over all rooms)
-LEVEL = {"live": 0, "data": 1, "train": 2, "evaluation": 3}
-LIVE_MAY_IMPORT = {"cli": {"train", "evaluation", "data"}}
+LEVEL = {"live": 0, "serve": 1, "data": 1, "train": 2, "evaluation": 3}
+# cli is the entry point over all rooms; the Router's optional micro-batching imports serve.batcher when enabled
+LIVE_MAY_IMPORT = {"cli": {"serve", "train", "evaluation", "data"}, "router": {"serve"}}
 
 
 def _modules():

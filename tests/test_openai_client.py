@@ -11,8 +11,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from routoo_fast.server import create_app  # noqa: E402
-from routoo_fast.upstreams import Upstreams  # noqa: E402
+from routoo_fast.serve.server import create_app  # noqa: E402
+from routoo_fast.serve.upstreams import Upstreams  # noqa: E402
 from fake_upstream import FakeUpstream, reply_text, serve_in_thread  # noqa: E402
 from small_router import MODELS, small_router  # noqa: E402
 

@@ -86,7 +86,7 @@ def test_bad_max_chars_rejected():
 
 # ---- `routoo-fast serve` flags for these limits ----------------------------------------------------------------
 def test_serve_limits_have_defaults_in_help(capsys):
-    from routoo_fast.batcher import DEFAULT_MAX_BATCH_TOKENS
+    from routoo_fast.serve.batcher import DEFAULT_MAX_BATCH_TOKENS
     from routoo_fast.cli import build_parser
 
     args = build_parser().parse_args(["serve"])
@@ -106,10 +106,10 @@ def test_serve_limits_have_defaults_in_help(capsys):
 def test_serve_passes_its_limits_on(monkeypatch, flags, tokens, chars, mmap):
     import uvicorn
 
-    import routoo_fast.batcher as batcher
+    import routoo_fast.serve.batcher as batcher
     import routoo_fast.cli as cli
-    import routoo_fast.server as server
-    from routoo_fast.batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD
+    import routoo_fast.serve.server as server
+    from routoo_fast.serve.batcher import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD
     from small_router import small_router
 
     router = small_router()

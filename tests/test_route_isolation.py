@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from routoo_fast.encoder import InvalidPrompt
-from routoo_fast.server import create_app
+from routoo_fast.serve.server import create_app
 from fake_upstream import serve_in_thread
 from small_router import small_router
 

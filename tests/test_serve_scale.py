@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from routoo_fast import cli
-from routoo_fast.server import create_app
+from routoo_fast.serve.server import create_app
 from fake_upstream import serve_in_thread
 from small_router import small_router
 

@@ -7,8 +7,8 @@ import os
 import httpx
 import pytest
 
-from routoo_fast.server import create_app
-from routoo_fast.upstreams import Upstreams
+from routoo_fast.serve.server import create_app
+from routoo_fast.serve.upstreams import Upstreams
 from fake_upstream import FakeUpstream, free_port, reply_text, serve_in_thread
 from small_router import MODELS, small_router
 

@@ -3,7 +3,7 @@ to uvicorn (the router load and uvicorn.run are stubbed: what is checked is the 
 import pytest
 import uvicorn
 
-import routoo_fast.server
+import routoo_fast.serve.server
 from routoo_fast import cli
 from small_router import small_router
 
@@ -29,14 +29,14 @@ def test_serve_help_shows_every_limit_with_its_default(capsys):
 @pytest.fixture()
 def captured(monkeypatch):
     calls = {}
-    real_create_app = routoo_fast.server.create_app
+    real_create_app = routoo_fast.serve.server.create_app
 
     def create_app(*args, **kwargs):
         calls["create_app"] = kwargs
         return real_create_app(*args, **kwargs)
 
     monkeypatch.setattr(cli, "_load_router", lambda args: small_router())
-    monkeypatch.setattr(routoo_fast.server, "create_app", create_app)
+    monkeypatch.setattr(routoo_fast.serve.server, "create_app", create_app)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.setdefault("run", kwargs))
     return calls
 

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from routoo_fast.server import create_app
-from routoo_fast.upstreams import Upstreams
+from routoo_fast.serve.server import create_app
+from routoo_fast.serve.upstreams import Upstreams
 from fake_upstream import FakeUpstream, reply_text, running_server, serve_in_thread
 from small_router import MODELS, small_router
 
@@ -150,7 +150,7 @@ def test_unexpected_exception_is_a_logged_json_500_on_a_kept_connection(server, 
         return real_decide(prompts, Q, policy)
 
     monkeypatch.setattr(router, "decide", decide)
-    caplog.set_level("ERROR", logger="routoo_fast.server")
+    caplog.set_level("ERROR", logger="routoo_fast.serve.server")
     r = client.post("/v1/route", json={"prompt": "BOOM"})
     assert r.status_code == 500
     err = error_of(r)
@@ -237,8 +237,8 @@ def test_client_abandoning_a_stream_frees_the_upstream(server, upstream):
 def test_relay_passes_whole_events_and_finds_done_across_chunk_splits(boundary):
     """The relay cuts at event boundaries (LF or CRLF), even one split across chunks, and passes the bytes on
     unchanged; a half event at a failure is held back, not sent as garbage."""
-    from routoo_fast.server import Metrics, _relay, _Timeouts
-    from routoo_fast.upstreams import Upstream
+    from routoo_fast.serve.server import Metrics, _relay, _Timeouts
+    from routoo_fast.serve.upstreams import Upstream
 
     events = [b'data: {"n": 1}', b'data: {"n": 2}', b"data: [DONE]"]
     raw = b"".join(e + boundary for e in events)
@@ -444,8 +444,8 @@ def test_graceful_shutdown_timeout_ends_a_stalled_stream(upstream):
 
 # ---- timeouts described by phase --------------------------------------------------------------------------------
 def test_timeouts_name_the_phase():
-    from routoo_fast.server import _Timeouts
-    from routoo_fast.upstreams import Upstream
+    from routoo_fast.serve.server import _Timeouts
+    from routoo_fast.serve.upstreams import Upstream
 
     t = _Timeouts(connect=3.0, read=40.0)
     up, own = Upstream("m", "http://127.0.0.1:9/v1", "m"), Upstream("m", "http://127.0.0.1:9/v1", "m", None, 7.5)

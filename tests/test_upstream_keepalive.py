@@ -8,8 +8,8 @@ import threading
 
 import httpx
 
-from routoo_fast.server import create_app
-from routoo_fast.upstreams import Upstreams
+from routoo_fast.serve.server import create_app
+from routoo_fast.serve.upstreams import Upstreams
 from fake_upstream import serve_in_thread
 from small_router import small_router
 

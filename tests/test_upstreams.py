@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from routoo_fast.upstreams import MissingAPIKey, Upstreams
+from routoo_fast.serve.upstreams import MissingAPIKey, Upstreams
 
 
 def test_defaults_merge_and_fields(monkeypatch):

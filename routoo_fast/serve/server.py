@@ -5,7 +5,7 @@ Endpoints:
   `{"decisions": [{"model", "predicted_quality", "expected_cost", "policy", "feasible"}, ...]}`.
 - `POST /v1/chat/completions`: OpenAI-compatible. `model: "router"` (server default policy), `"router:<policy>"`
   or the extra field `routoo_policy` routes the last user message, then forwards the request to the chosen model's
-  upstream (see `routoo_fast.upstreams`), streaming relayed as Server-Sent Events (decoded: an upstream's gzip is
+  upstream (see `routoo_fast.serve.upstreams`), streaming relayed as Server-Sent Events (decoded: an upstream's gzip is
   undone, never passed on). One rule for `model`, streamed or not: the answer's `model` field is the upstream's
   own, untouched; the router model name that was chosen is in the `x-routoo-model` header. Any other model name
   configured in the upstreams file passes straight through.
@@ -47,14 +47,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .batcher import DEFAULT_MAX_BATCH_TOKENS, BatcherClosed, QueueFull
-from .encoder import InvalidPrompt, check_prompts
-from .policies import parse_policy
-from .q_cache import prometheus_collector as q_cache_collector
+from ..encoder import InvalidPrompt, check_prompts
+from ..policies import parse_policy
+from ..q_cache import prometheus_collector as q_cache_collector
 from .upstreams import MissingAPIKey, Upstreams
 
 __all__ = ["create_app", "ROUTER_MODEL"]
 
-log = logging.getLogger("routoo_fast.server")
+log = logging.getLogger("routoo_fast.serve.server")
 
 ROUTER_MODEL = "router"
 EXAMPLE_POLICIES = ("max_quality", "lambda=100", "min_quality=0.8", "max_cost=0.001")  # listed by /v1/models
@@ -240,7 +240,7 @@ def create_app(
     `disable_batching`).
     upstreams: where chat completions go (None: /v1/chat/completions answers 501).
     default_policy: the policy for model "router" with none given. batching, max_wait, max_batch_prompts,
-    max_batch_tokens, max_queue: the micro-batcher (see `routoo_fast.batcher`).
+    max_batch_tokens, max_queue: the micro-batcher (see `routoo_fast.serve.batcher`).
     max_prompts_per_request: most prompts in one /v1/route request (more: 400). max_body_bytes: most request body
     bytes (more: 413, counted while the body is read, so an oversized body is never held whole).
     upstream_connect_timeout, upstream_read_timeout: seconds to connect to an upstream, and the longest wait for its

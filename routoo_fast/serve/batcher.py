@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .costs import prompt_tokens
+from ..costs import prompt_tokens
 
 __all__ = ["MicroBatcher", "QueueFull", "BatcherClosed", "approx_tokens", "limit_malloc_growth",
            "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_MMAP_THRESHOLD"]
