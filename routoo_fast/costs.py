@@ -362,6 +362,21 @@ class CostModel:
             raise ValueError(f"input_tokens must have shape ({len(prompts)},), got {tok.shape}")
         return tok[:, None] * self.input_price[None, :] + self._output_cost[None, :]
 
+    def call_cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        """What one call of `model` really cost, in USD, from the token counts its answer reported (an OpenAI
+        `usage`): input_tokens x input price + output_tokens x output price. NaN for an equal-cost model (its
+        prices are placeholders, not money). KeyError for a model this cost model does not price."""
+        try:
+            j = self.models.index(model)
+        except ValueError:
+            raise KeyError(f"the cost model has no price for model {model!r}") from None
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.equal_cost:
+            return math.nan
+        return float(input_tokens * self.input_price[j] + output_tokens * self.output_price[j])
+
     def _columns(self, table) -> np.ndarray:
         try:
             return np.array([table.models.index(m) for m in self.models], dtype=np.int64)

@@ -3,7 +3,9 @@ on uvicorn in a background thread on 127.0.0.1 with a free port.
 
 The "LLM" is deterministic so tests can check exactly what came back: it answers
 `"<model> says: <last user message reversed word by word>"`, non-streamed as one chat.completion object or
-streamed as Server-Sent Events (one chunk per word, then `data: [DONE]`), like the OpenAI API.
+streamed as Server-Sent Events (one chunk per word, then `data: [DONE]`), like the OpenAI API. Its `usage` is
+`fake_usage(text)` (7 prompt tokens, one completion token per word); a stream carries it in a last chunk with no
+choices only when asked with `"stream_options": {"include_usage": true}`, as OpenAI's does.
 
 Behaviour switches (faults to inject), chosen by the suffix of the upstream model id the request names:
 - `*-fail`: answers 500 with an OpenAI-style error (the router server must turn this into 502);
@@ -45,6 +47,12 @@ LOOPBACK = "127.0.0.1"
 def reply_text(model: str, user_text: str) -> str:
     """The fake model's answer, reproducible by tests."""
     return f"{model} says: " + " ".join(reversed(user_text.split()))
+
+
+def fake_usage(text: str) -> dict:
+    """The usage the fake upstream reports for an answer `text`."""
+    completion = len(text.split())
+    return {"prompt_tokens": 7, "completion_tokens": completion, "total_tokens": 7 + completion}
 
 
 class FakeUpstream:
@@ -90,7 +98,9 @@ class FakeUpstream:
         text = reply_text(model, content)
         created = int(time.time())
         if body.get("stream"):
-            events = _sse(model, text, created)
+            options = body.get("stream_options")
+            with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            events = _sse(model, text, created, fake_usage(text) if with_usage else None)
             if model.endswith("-gzip"):
                 return StreamingResponse(_gzip_stream(events), media_type="text/event-stream",
                                          headers={"Content-Encoding": "gzip"})
@@ -107,8 +117,7 @@ class FakeUpstream:
             "created": created,
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()),
-                      "total_tokens": 7 + len(text.split())},
+            "usage": fake_usage(text),
         }
         raw = json.dumps(answer).encode()
         if model.endswith("-gzip"):
@@ -171,7 +180,7 @@ async def _gzip_stream(events):
     yield compressor.flush()
 
 
-async def _sse(model: str, text: str, created: int):
+async def _sse(model: str, text: str, created: int, usage: dict | None = None):
     words = text.split(" ")
     for i, word in enumerate(words):
         chunk = {
@@ -186,6 +195,10 @@ async def _sse(model: str, text: str, created: int):
     done = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     yield f"data: {json.dumps(done)}\n\n"
+    if usage is not None:
+        tail = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [], "usage": usage}
+        yield f"data: {json.dumps(tail)}\n\n"
     yield "data: [DONE]\n\n"
 
 

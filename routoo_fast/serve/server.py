@@ -7,8 +7,11 @@ Endpoints:
   or the extra field `routoo_policy` routes the last user message, then forwards the request to the chosen model's
   upstream (see `routoo_fast.serve.upstreams`), streaming relayed as Server-Sent Events (decoded: an upstream's gzip is
   undone, never passed on). One rule for `model`, streamed or not: the answer's `model` field is the upstream's
-  own, untouched; the router model name that was chosen is in the `x-routoo-model` header. Any other model name
-  configured in the upstreams file passes straight through.
+  own, untouched; the router model name that was chosen is in the `x-routoo-model` header, with
+  `x-routoo-expected-cost`, `x-routoo-predicted-quality` and `x-routoo-route-ms` (the routing decision's time) on a
+  routed answer, streamed or not. Any other model name configured in the upstreams file passes straight through.
+  What each forwarded call really cost (its `usage` x the model's prices) is counted per model and per API key
+  in /metrics (`routoo_fast.serve.accounting`).
 - `GET /v1/models` (OpenAI's list format: `router`, example `router:<policy>` names, the upstream models),
   `GET /healthz`, `GET /metrics` (Prometheus text format).
 
@@ -50,6 +53,7 @@ from .batcher import DEFAULT_MAX_BATCH_TOKENS, BatcherClosed, QueueFull
 from ..encoder import InvalidPrompt, check_prompts
 from ..policies import parse_policy
 from ..q_cache import prometheus_collector as q_cache_collector
+from .accounting import Accounting, bearer_key_id, usage_from_events
 from .upstreams import MissingAPIKey, Upstreams
 
 __all__ = ["create_app", "ROUTER_MODEL"]
@@ -269,6 +273,7 @@ def create_app(
     metrics = Metrics()
     metrics.registry.register(_BatcherCollector(router))
     metrics.registry.register(q_cache_collector(router))  # hits/misses of router.q_cache (zeros while it is off)
+    accounting = Accounting(router.cost_model, metrics.registry)  # actual USD from usage, per model and key
     timeouts = _Timeouts(float(upstream_connect_timeout), float(upstream_read_timeout))
     created = int(time.time())
     model_list = [{"id": ROUTER_MODEL, "object": "model", "created": created, "owned_by": "routoo-fast"}]
@@ -377,13 +382,16 @@ def create_app(
                     spec = body.get("routoo_policy")
                 policy = _policy(spec, default_policy)
                 policy = _restrict_to_upstreams(policy, routable, upstreams)
+                route_start = time.perf_counter()
                 decision = (await decide([_check_text(_last_user_text(messages), "the last user message")],
                                          policy))[0]
+                route_ms = (time.perf_counter() - route_start) * 1000.0
                 chosen = decision.model
                 headers = {"x-routoo-policy": decision.policy,
                            "x-routoo-predicted-quality": f"{decision.predicted_quality:.6g}",
                            "x-routoo-expected-cost": f"{decision.expected_cost:.6g}",
-                           "x-routoo-feasible": str(decision.feasible).lower()}
+                           "x-routoo-feasible": str(decision.feasible).lower(),
+                           "x-routoo-route-ms": f"{route_ms:.3f}"}
             elif "routoo_policy" in body:
                 raise HTTPError(400, f"'routoo_policy' applies only to model 'router', not to {model!r}")
             elif model in upstreams:
@@ -393,7 +401,13 @@ def create_app(
                                      f"{sorted(upstreams)}")
             headers["x-routoo-model"] = chosen
             payload = {k: v for k, v in body.items() if k != "routoo_policy"}
-            call = _forward(request.app.state.client, upstreams[chosen], payload, headers, metrics, timeouts)
+            key = bearer_key_id(request.headers.get("authorization"))
+
+            async def on_usage(usage) -> None:  # once per call that answered, with its usage (None: none given)
+                accounting.record(chosen, key, usage)
+
+            call = _forward(request.app.state.client, upstreams[chosen], payload, headers, metrics, timeouts,
+                            on_usage)
             if stream:  # the relay ends when the client goes (Starlette cancels it)
                 response = await call
             else:  # nothing reads from the client while we wait: watch for it leaving, and cancel the call
@@ -601,13 +615,15 @@ def _ends_with_done(events: bytes) -> bool:
     return last in (b"data: [DONE]", b"data:[DONE]")
 
 
-async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts: _Timeouts, started: float):
+async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts: _Timeouts, started: float,
+                 on_usage=None):
     """The upstream's Server-Sent Events, decoded (gzip undone) and passed on whole events at a time. If the
     upstream breaks off, stalls past the read timeout or ends without `data: [DONE]`, the stream ends with an
     error event in OpenAI's format, `data: {"error": {...}}`, which the openai client raises as an APIError; a
-    half-sent event is dropped rather than passed on as garbage."""
+    half-sent event is dropped rather than passed on as garbage. `on_usage` is awaited with the stream's last
+    `usage` (None without one) once the stream has ended."""
     name = upstream.name
-    pending, saw_done, first = b"", False, True
+    pending, saw_done, first, usage = b"", False, True, None
     error = None
     try:
         async for chunk in response.aiter_bytes():
@@ -620,6 +636,7 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
             if cut:
                 out, pending = pending[:cut], pending[cut:]
                 saw_done = _ends_with_done(out)
+                usage = usage_from_events(out) or usage
                 yield out
             elif len(pending) > _MAX_PENDING:
                 out, pending, saw_done = pending, b"", False
@@ -641,6 +658,8 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
     finally:
         await response.aclose()
     metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
+    if on_usage is not None:
+        await on_usage(usage)
     if error is not None:
         metrics.upstream_errors.labels(name).inc()
         log.warning("stream from %s ended with an error event: %s", name, error[0])
@@ -653,9 +672,10 @@ def _passed_headers(response: httpx.Response) -> dict:
 
 
 async def _forward(client: httpx.AsyncClient, upstream, payload: dict, headers: dict, metrics: Metrics,
-                   timeouts: _Timeouts) -> Response:
+                   timeouts: _Timeouts, on_usage=None) -> Response:
     """POST the request to the upstream with its model id; pass the answer (or its SSE stream) back. The request
-    is built here, where a body that cannot be sent (a lone surrogate, nesting too deep) is a 400."""
+    is built here, where a body that cannot be sent (a lone surrogate, nesting too deep) is a 400. `on_usage` (an
+    async callable) hears the answer's `usage` (None without one) once a 2xx answer has come back whole."""
     name = upstream.name
     try:
         content = json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, allow_nan=False,
@@ -711,7 +731,7 @@ async def _forward(client: httpx.AsyncClient, upstream, payload: dict, headers: 
         return Response(detail, status_code=response.status_code, headers={**_passed_headers(response), **headers},
                         media_type=response.headers.get("content-type"))
     if payload.get("stream"):
-        return StreamingResponse(_relay(response, upstream, metrics, timeouts, started),
+        return StreamingResponse(_relay(response, upstream, metrics, timeouts, started, on_usage),
                                  status_code=response.status_code, headers=headers,
                                  media_type=response.headers.get("content-type", "text/event-stream"),
                                  background=BackgroundTask(response.aclose))
@@ -733,9 +753,11 @@ async def _forward(client: httpx.AsyncClient, upstream, payload: dict, headers: 
     metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
     raw = b"".join(chunks)
     try:
-        json.loads(raw)
+        answer = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         metrics.upstream_errors.labels(name).inc()
         raise HTTPError(502, f"upstream for {name!r} answered with a body that is not JSON",
                         "upstream_error") from None
+    if on_usage is not None:
+        await on_usage(answer.get("usage") if isinstance(answer, dict) else None)
     return Response(raw, headers=headers, media_type="application/json")
