@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--auth-token-env", metavar="VAR",
                    help="require 'Authorization: Bearer <token>' with the token read from this environment variable")
+    p.add_argument("--spend-caps", metavar="FILE",
+                   help="JSON file of USD caps per minute / day, overall and per API key: 429 at a cap, cheaper "
+                        "models near one (see routoo_fast.serve.spend); totals in SQLite, shared by --workers")
+    p.add_argument("--spend-db", metavar="PATH",
+                   help="SQLite file of the spend totals (default: the caps file's 'database')")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_quiet_threads(p, threads=False)  # --quiet: log level warning unless --log-level says otherwise
     p.set_defaults(func=cmd_serve)
@@ -311,6 +316,12 @@ def _check_serve_args(args) -> None:
     _check_positive("--timeout-graceful-shutdown", args.timeout_graceful_shutdown, allow_zero=True)
     _check_positive("--malloc-mmap-threshold", args.malloc_mmap_threshold, allow_zero=True)
     _check_positive("--q-cache-bytes", args.q_cache_bytes, allow_zero=True)
+    if args.spend_db and not args.spend_caps:
+        raise UserError("--spend-db needs --spend-caps FILE")
+    if args.spend_caps:  # a bad caps file fails here, in the parent, before any worker starts
+        from .serve.spend import SpendConfig
+
+        SpendConfig.load(args.spend_caps)
     if args.auth_token_env and not os.environ.get(args.auth_token_env):
         raise UserError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
     if args.workers > 1 and args.threads is None:
@@ -324,6 +335,11 @@ def _serve_app(args):
 
     token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
     upstreams = Upstreams.load(args.upstreams) if args.upstreams else None
+    spend = None
+    if args.spend_caps:
+        from .serve.spend import SpendGuard
+
+        spend = SpendGuard.from_file(args.spend_caps, database=args.spend_db)
     if args.malloc_mmap_threshold:
         limit_malloc_growth(args.malloc_mmap_threshold)  # before the model's weights and the first passes
     router = _load_router(args)
@@ -336,7 +352,7 @@ def _serve_app(args):
                       max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token,
                       max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
                       upstream_connect_timeout=args.upstream_connect_timeout,
-                      upstream_read_timeout=args.upstream_read_timeout)
+                      upstream_read_timeout=args.upstream_read_timeout, spend=spend)
 
 
 def _prepare_encoder(args) -> None:

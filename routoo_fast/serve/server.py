@@ -54,6 +54,7 @@ from ..encoder import InvalidPrompt, check_prompts
 from ..policies import parse_policy
 from ..q_cache import prometheus_collector as q_cache_collector
 from .accounting import Accounting, bearer_key_id, usage_from_events
+from .spend import SpendCapExceeded, SpendGuard, cheaper_half
 from .upstreams import MissingAPIKey, Upstreams
 
 __all__ = ["create_app", "ROUTER_MODEL"]
@@ -237,6 +238,7 @@ def create_app(
     auth_token: str | None = None,
     retry_after_s: int = 1,
     transport: httpx.AsyncBaseTransport | None = None,
+    spend: SpendGuard | None = None,
 ):
     """The ASGI app: `uvicorn.run(create_app(Router.from_pretrained("default"), Upstreams.load(path)))`.
 
@@ -251,6 +253,8 @@ def create_app(
     next bytes (an upstream's `timeout_s` overrides the read timeout); a timeout is 504, or an error event
     mid-stream. auth_token: if set, every path but /healthz needs `Authorization: Bearer <auth_token>` (scheme
     case-insensitive). transport: httpx transport for the upstream client.
+    spend: spend caps per API key and overall (`routoo_fast.serve.spend.SpendGuard`): 429 at a cap, routing
+    among cheaper models near one, every forwarded chat charged.
     """
     default_policy = parse_policy(default_policy)
     for name, value in (("max_prompts_per_request", max_prompts_per_request), ("max_body_bytes", max_body_bytes)):
@@ -270,6 +274,8 @@ def create_app(
         routable = []
     if auth_token is not None and (not isinstance(auth_token, str) or not auth_token):
         raise ValueError("auth_token must be a non-empty string or None")
+    if spend is not None and not isinstance(spend, SpendGuard):
+        raise TypeError(f"spend must be a SpendGuard, got {type(spend).__name__}")
     metrics = Metrics()
     metrics.registry.register(_BatcherCollector(router))
     metrics.registry.register(q_cache_collector(router))  # hits/misses of router.q_cache (zeros while it is off)
@@ -373,6 +379,14 @@ def create_app(
             if upstreams is None:
                 raise HTTPError(501, "this server has no upstreams configured (start it with --upstreams FILE)",
                                 "not_configured")
+            key = bearer_key_id(request.headers.get("authorization"))
+            spend_state = None
+            if spend is not None:
+                try:
+                    spend_state = await run_in_threadpool(spend.check, key)
+                except SpendCapExceeded as exc:
+                    raise HTTPError(429, exc.message, "insufficient_quota",
+                                    {"Retry-After": str(exc.retry_after)}) from None
             headers = {}
             if model == ROUTER_MODEL or model.startswith(ROUTER_MODEL + ":"):
                 spec = model[len(ROUTER_MODEL) + 1:] if ":" in model else None
@@ -383,11 +397,14 @@ def create_app(
                 policy = _policy(spec, default_policy)
                 policy = _restrict_to_upstreams(policy, routable, upstreams)
                 route_start = time.perf_counter()
-                decision = (await decide([_check_text(_last_user_text(messages), "the last user message")],
-                                         policy))[0]
+                text = _check_text(_last_user_text(messages), "the last user message")
+                if spend_state is not None and spend_state.tighten:  # near a cap: the cheaper half only
+                    policy = cheaper_half(policy, router, text)
+                    headers["x-routoo-spend-tightened"] = "true"
+                decision = (await decide([text], policy))[0]
                 route_ms = (time.perf_counter() - route_start) * 1000.0
                 chosen = decision.model
-                headers = {"x-routoo-policy": decision.policy,
+                headers |= {"x-routoo-policy": decision.policy,
                            "x-routoo-predicted-quality": f"{decision.predicted_quality:.6g}",
                            "x-routoo-expected-cost": f"{decision.expected_cost:.6g}",
                            "x-routoo-feasible": str(decision.feasible).lower(),
@@ -401,10 +418,17 @@ def create_app(
                                      f"{sorted(upstreams)}")
             headers["x-routoo-model"] = chosen
             payload = {k: v for k, v in body.items() if k != "routoo_policy"}
-            key = bearer_key_id(request.headers.get("authorization"))
 
             async def on_usage(usage) -> None:  # once per call that answered, with its usage (None: none given)
-                accounting.record(chosen, key, usage)
+                usd = accounting.record(chosen, key, usage)
+                if spend is None:
+                    return
+                if usd is None or not math.isfinite(usd):  # no usage: charge what the router expected
+                    usd = decision.expected_cost if decision is not None else 0.0
+                try:
+                    await run_in_threadpool(spend.charge, key, chosen, usd if math.isfinite(usd) else 0.0)
+                except Exception:  # noqa: BLE001 - the answer stands; the failure is logged loudly
+                    log.exception("charging %s for a call to %s failed", key, chosen)
 
             call = _forward(request.app.state.client, upstreams[chosen], payload, headers, metrics, timeouts,
                             on_usage)
@@ -621,9 +645,16 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
     upstream breaks off, stalls past the read timeout or ends without `data: [DONE]`, the stream ends with an
     error event in OpenAI's format, `data: {"error": {...}}`, which the openai client raises as an APIError; a
     half-sent event is dropped rather than passed on as garbage. `on_usage` is awaited with the stream's last
-    `usage` (None without one) once the stream has ended."""
+    `usage` (None without one) once the stream has ended: before `data: [DONE]` is passed on, so a client that
+    has the whole answer has been charged for it."""
     name = upstream.name
     pending, saw_done, first, usage = b"", False, True, None
+
+    async def report():
+        nonlocal on_usage
+        if on_usage is not None:
+            hook, on_usage = on_usage, None
+            await hook(usage)
     error = None
     try:
         async for chunk in response.aiter_bytes():
@@ -637,12 +668,15 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
                 out, pending = pending[:cut], pending[cut:]
                 saw_done = _ends_with_done(out)
                 usage = usage_from_events(out) or usage
+                if saw_done:
+                    await report()
                 yield out
             elif len(pending) > _MAX_PENDING:
                 out, pending, saw_done = pending, b"", False
                 yield out
         if pending.strip():  # a last event without its closing blank line
             saw_done = _ends_with_done(pending)
+            usage = usage_from_events(pending) or usage
             yield pending + b"\n\n"
         if not saw_done:
             error = (f"upstream for {name!r} ended the stream without [DONE]; the answer may be incomplete",
@@ -658,8 +692,7 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
     finally:
         await response.aclose()
     metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
-    if on_usage is not None:
-        await on_usage(usage)
+    await report()
     if error is not None:
         metrics.upstream_errors.labels(name).inc()
         log.warning("stream from %s ended with an error event: %s", name, error[0])
