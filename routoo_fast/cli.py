@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "models near one (see routoo_fast.serve.spend); totals in SQLite, shared by --workers")
     p.add_argument("--spend-db", metavar="PATH",
                    help="SQLite file of the spend totals (default: the caps file's 'database')")
+    p.add_argument("--affinity-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="a conversation stays on its first turn's model unless the policy asks for a stronger one, "
+                        "for this long after its last turn (see routoo_fast.serve.affinity); 0 = off "
+                        "(default: %(default)s)")
+    p.add_argument("--affinity-max-sessions", type=int, default=100_000, metavar="N",
+                   help="most conversations remembered per worker, least recently used out first "
+                        "(default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_quiet_threads(p, threads=False)  # --quiet: log level warning unless --log-level says otherwise
     p.set_defaults(func=cmd_serve)
@@ -316,6 +323,8 @@ def _check_serve_args(args) -> None:
     _check_positive("--timeout-graceful-shutdown", args.timeout_graceful_shutdown, allow_zero=True)
     _check_positive("--malloc-mmap-threshold", args.malloc_mmap_threshold, allow_zero=True)
     _check_positive("--q-cache-bytes", args.q_cache_bytes, allow_zero=True)
+    _check_positive("--affinity-ttl", args.affinity_ttl, allow_zero=True)
+    _check_positive("--affinity-max-sessions", args.affinity_max_sessions)
     if args.spend_db and not args.spend_caps:
         raise UserError("--spend-db needs --spend-caps FILE")
     if args.spend_caps:  # a bad caps file fails here, in the parent, before any worker starts
@@ -340,6 +349,11 @@ def _serve_app(args):
         from .serve.spend import SpendGuard
 
         spend = SpendGuard.from_file(args.spend_caps, database=args.spend_db)
+    affinity = None
+    if args.affinity_ttl:
+        from .serve.affinity import SessionAffinity
+
+        affinity = SessionAffinity(args.affinity_max_sessions, args.affinity_ttl)
     if args.malloc_mmap_threshold:
         limit_malloc_growth(args.malloc_mmap_threshold)  # before the model's weights and the first passes
     router = _load_router(args)
@@ -352,7 +366,8 @@ def _serve_app(args):
                       max_batch_tokens=args.max_batch_tokens or None, max_queue=args.max_queue, auth_token=token,
                       max_body_bytes=args.max_body_bytes, max_prompts_per_request=args.max_prompts_per_request,
                       upstream_connect_timeout=args.upstream_connect_timeout,
-                      upstream_read_timeout=args.upstream_read_timeout, spend=spend)
+                      upstream_read_timeout=args.upstream_read_timeout, spend=spend,
+                      affinity=affinity)
 
 
 def _prepare_encoder(args) -> None:

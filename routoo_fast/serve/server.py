@@ -54,6 +54,7 @@ from ..encoder import InvalidPrompt, check_prompts
 from ..policies import parse_policy
 from ..q_cache import prometheus_collector as q_cache_collector
 from .accounting import Accounting, bearer_key_id, usage_from_events
+from .affinity import SessionAffinity, session_of
 from .spend import SpendCapExceeded, SpendGuard, cheaper_half
 from .upstreams import MissingAPIKey, Upstreams
 
@@ -239,6 +240,7 @@ def create_app(
     retry_after_s: int = 1,
     transport: httpx.AsyncBaseTransport | None = None,
     spend: SpendGuard | None = None,
+    affinity: SessionAffinity | None = None,
 ):
     """The ASGI app: `uvicorn.run(create_app(Router.from_pretrained("default"), Upstreams.load(path)))`.
 
@@ -255,6 +257,7 @@ def create_app(
     case-insensitive). transport: httpx transport for the upstream client.
     spend: spend caps per API key and overall (`routoo_fast.serve.spend.SpendGuard`): 429 at a cap, routing
     among cheaper models near one, every forwarded chat charged.
+    affinity: session affinity of routed chats (`routoo_fast.serve.affinity.SessionAffinity`; None = off).
     """
     default_policy = parse_policy(default_policy)
     for name, value in (("max_prompts_per_request", max_prompts_per_request), ("max_body_bytes", max_body_bytes)):
@@ -276,10 +279,15 @@ def create_app(
         raise ValueError("auth_token must be a non-empty string or None")
     if spend is not None and not isinstance(spend, SpendGuard):
         raise TypeError(f"spend must be a SpendGuard, got {type(spend).__name__}")
+    if affinity is not None and not isinstance(affinity, SessionAffinity):
+        raise TypeError(f"affinity must be a SessionAffinity, got {type(affinity).__name__}")
+    model_index = {m: i for i, m in enumerate(router.model_names)}
     metrics = Metrics()
     metrics.registry.register(_BatcherCollector(router))
     metrics.registry.register(q_cache_collector(router))  # hits/misses of router.q_cache (zeros while it is off)
     accounting = Accounting(router.cost_model, metrics.registry)  # actual USD from usage, per model and key
+    if affinity is not None:
+        metrics.registry.register(affinity)
     timeouts = _Timeouts(float(upstream_connect_timeout), float(upstream_read_timeout))
     created = int(time.time())
     model_list = [{"id": ROUTER_MODEL, "object": "model", "created": created, "owned_by": "routoo-fast"}]
@@ -304,10 +312,10 @@ def create_app(
             if batching:
                 await run_in_threadpool(router.disable_batching)
 
-    async def decide(prompts: list[str], policy) -> list:
+    async def decide(prompts: list[str], policy, with_q: bool = False):
         """Route prompts: bad policy or budget -> 400, a prompt that is not valid text -> 400 before it joins a
         shared pass, full queue -> 503; a predictor failure -> 500 for the request it fails on alone (the batcher
-        re-runs a failed shared pass per request, so the neighbours get their answers)."""
+        re-runs a failed shared pass per request, so the neighbours get their answers). with_q: also return Q."""
         try:
             policy = router.check_policy(policy)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -327,7 +335,8 @@ def create_app(
             log.exception("predictor pass failed")
             raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
         try:
-            return router.decide(prompts, Q, policy)
+            decisions = router.decide(prompts, Q, policy)
+            return (decisions, Q) if with_q else decisions
         except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
             raise HTTPError(400, str(exc)) from None
 
@@ -401,7 +410,13 @@ def create_app(
                 if spend_state is not None and spend_state.tighten:  # near a cap: the cheaper half only
                     policy = cheaper_half(policy, router, text)
                     headers["x-routoo-spend-tightened"] = "true"
-                decision = (await decide([text], policy))[0]
+                decisions, Q = await decide([text], policy, with_q=True)
+                decision = decisions[0]
+                if affinity is not None:  # a conversation stays on its model unless a stronger one is asked for
+                    costs = router.cost_model.costs([text])[0]
+                    decision, headers["x-routoo-affinity"] = affinity.resolve(
+                        session_of(body, request.headers, key)[0], decision, policy.models,
+                        lambda m: float(Q[0, model_index[m]]), lambda m: float(costs[model_index[m]]))
                 route_ms = (time.perf_counter() - route_start) * 1000.0
                 chosen = decision.model
                 headers |= {"x-routoo-policy": decision.policy,
