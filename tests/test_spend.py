@@ -240,3 +240,21 @@ def test_stream_without_usage_is_charged_its_expected_cost(serve):
     with server as url, client(url, KEY_A) as c:
         list(c.chat.completions.create(model="router", messages=MESSAGES, stream=True))
     assert ledger.totals(key_id(KEY_A))[(OVERALL, "day")] == pytest.approx(expected)
+
+
+def test_two_workers_share_the_totals(upstream_url, tmp_path):
+    """Two apps, each with its own ledger connection on one file (what two --workers processes have): a call
+    through one spends the cap the other enforces; nothing is cached in a process."""
+    model, cost = first_call()
+    ups = Upstreams.from_dict({"defaults": {"base_url": upstream_url + "/v1", "api_key_env": None},
+                               "models": {m: {} for m in MODELS}})
+    config = SpendConfig.from_dict({"overall": {"usd_per_day": cost / 2}})
+    apps = [create_app(small_router(), ups, spend=SpendGuard(config, SpendLedger(tmp_path / "s.sqlite",
+                                                                                 clock=lambda: NOW)))
+            for _ in range(2)]
+    with serve_in_thread(apps[0]) as first, serve_in_thread(apps[1]) as second:
+        with client(first, KEY_A) as a, client(second, KEY_B) as b:
+            assert a.chat.completions.with_raw_response.create(
+                model="router", messages=MESSAGES).headers["x-routoo-model"] == model
+            with pytest.raises(openai.RateLimitError, match="overall cap"):
+                b.chat.completions.create(model="router", messages=MESSAGES)
