@@ -1,6 +1,7 @@
 """`routoo-fast serve`'s exact-repeat cache (on by default, sized or turned off by --q-cache-bytes, its hits and
-misses in /metrics) and `--workers N` (uvicorn worker processes importing an app factory that rebuilds the router
-from the same arguments, one thread each by default). The router load and uvicorn.run are stubbed where the
+misses in /metrics) and `--workers N` (processes with a SO_REUSEPORT socket each, or uvicorn's workers importing an
+app factory where there is no SO_REUSEPORT; each rebuilds the router from the same arguments, one thread each by
+default). The router load and uvicorn.run are stubbed where the
 wiring is what is checked; the metrics run through a real server on loopback."""
 import json
 import os
@@ -54,7 +55,36 @@ def test_bad_scale_flags_are_refused(captured, capsys):
     assert "run" not in captured
 
 
-def test_workers_hand_their_arguments_to_an_app_factory(captured):
+def test_workers_are_reuseport_processes(captured, monkeypatch):
+    started = {}
+    monkeypatch.setattr(cli, "_REUSEPORT", True)
+    monkeypatch.setattr(cli, "_serve_reuseport", lambda args, common: started.update(args=args, common=common) or 0)
+    argv = ["serve", "--workers", "2", "--port", "8124", "--max-length", "32"]
+    assert cli.main(argv) == 0
+    assert started["args"].workers == 2 and started["common"]["port"] == 8124 and "run" not in captured
+    assert json.loads(os.environ[cli._SERVE_ARGV_ENV]) == argv
+    assert captured["loaded"] == [] and "prepared" in captured  # the graph is exported once, in the parent
+
+
+def test_reuseport_sockets_share_a_port():
+    if not cli._REUSEPORT:
+        pytest.skip("no SO_REUSEPORT on this platform")
+    from fake_upstream import free_port
+
+    port = free_port()
+    a = cli.reuseport_socket("127.0.0.1", port)
+    b = cli.reuseport_socket("127.0.0.1", port)  # a second worker binds the same port
+    try:
+        assert a.getsockname()[1] == b.getsockname()[1] == port
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(cli.UserError, match="--port"):
+        cli._serve_reuseport(cli.build_parser().parse_args(["serve", "--workers", "2", "--port", "0"]), {})
+
+
+def test_workers_hand_their_arguments_to_an_app_factory(captured, monkeypatch):
+    monkeypatch.setattr(cli, "_REUSEPORT", False)  # where there is no SO_REUSEPORT: uvicorn's own workers
     argv = ["serve", "--workers", "2", "--port", "8123", "--max-length", "32", "--policy", "lambda=100"]
     assert cli.main(argv) == 0
     app, kwargs = captured["run"]
@@ -68,7 +98,8 @@ def test_workers_hand_their_arguments_to_an_app_factory(captured):
     assert worker_app is not None
 
 
-def test_workers_keep_explicit_threads(captured):
+def test_workers_keep_explicit_threads(captured, monkeypatch):
+    monkeypatch.setattr(cli, "_REUSEPORT", False)
     assert cli.main(["serve", "--workers", "2", "--threads", "2"]) == 0
     cli.serve_worker_app()
     assert captured["loaded"][-1].threads == 2
