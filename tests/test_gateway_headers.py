@@ -2,8 +2,6 @@
 (uvicorn on loopback) in front of the test-started fake upstream: every routed answer, streamed or not, carries
 x-routoo-model / -expected-cost / -predicted-quality / -route-ms; the upstream's usage is priced by the router's
 cost model and counted in /metrics per model and per API key (labelled by a short hash, never the secret)."""
-import os
-
 import httpx
 import pytest
 

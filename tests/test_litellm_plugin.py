@@ -82,6 +82,8 @@ def test_model_map_names_deployments():
     assert ask(lrouter) == f"answer of {alias}"
     with pytest.raises(ValueError, match="does not know"):
         RoutooPlugin(router, model_map={"azure/x": "no-such-model"})
+    with pytest.raises(TypeError, match="saved router's path"):
+        RoutooPlugin(42)
 
 
 def test_a_group_routoo_cannot_map_is_left_alone():

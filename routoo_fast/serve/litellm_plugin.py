@@ -35,6 +35,7 @@ installs it.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -55,10 +56,12 @@ class RoutooPlugin:
 
     def __init__(self, router: Any = "default", model_map: Mapping[str, str] | None = None,
                  policy: Any = "max_quality", **router_kwargs):
-        self._router = None if isinstance(router, str) else router
-        self._path = router if isinstance(router, str) else None
-        if self._router is None and self._path is None:
-            raise TypeError(f"router must be a routoo_fast.Router or a saved router's path, got {type(router).__name__}")
+        is_path = isinstance(router, (str, os.PathLike))
+        if not is_path and not hasattr(router, "aroute"):
+            raise TypeError(f"router must be a routoo_fast.Router or a saved router's path, got "
+                            f"{type(router).__name__}")
+        self._router = None if is_path else router
+        self._path = router if is_path else None
         self._router_kwargs = router_kwargs
         self._load_lock = asyncio.Lock()
         self.model_map = dict(model_map or {})
