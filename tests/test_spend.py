@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,6 +94,7 @@ def test_ledger_windows_and_restart(tmp_path):
 
 CHILD = """
 import sys
+import time
 from routoo_fast.serve.spend import SpendLedger
 ledger = SpendLedger(sys.argv[1])
 for i in range(int(sys.argv[3])):
@@ -258,3 +260,22 @@ def test_two_workers_share_the_totals(upstream_url, tmp_path):
                 model="router", messages=MESSAGES).headers["x-routoo-model"] == model
             with pytest.raises(openai.RateLimitError, match="overall cap"):
                 b.chat.completions.create(model="router", messages=MESSAGES)
+
+
+def test_abandoned_stream_is_charged(upstream_url, tmp_path):
+    """A client that leaves a stream half-way has still made the upstream call: it is charged (expected cost)."""
+    ups = Upstreams.from_dict({"defaults": {"base_url": upstream_url + "/v1", "api_key_env": None},
+                               "models": {"stall-model": {"model": "x-stall"}}})
+    ledger = SpendLedger(tmp_path / "s.sqlite", clock=lambda: NOW)
+    router = small_router()
+    app = create_app(router, ups, spend=SpendGuard(SpendConfig.from_dict({}), ledger))
+    with serve_in_thread(app) as url, client(url, KEY_A) as c:
+        stream = c.chat.completions.create(model="stall-model", messages=MESSAGES, stream=True)
+        next(iter(stream))  # one chunk, then the client goes (the upstream stalls after two)
+        stream.close()
+        db = sqlite3.connect(tmp_path / "s.sqlite")
+        deadline = time.monotonic() + 20  # bounded wait for the server to notice the client left
+        while db.execute("SELECT COUNT(*) FROM charges").fetchone()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    row = db.execute("SELECT COUNT(*), MAX(model), MAX(key) FROM charges").fetchone()
+    assert row == (1, "stall-model", key_id(KEY_A))  # a model the router does not price: 0 USD, but charged

@@ -704,6 +704,10 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
     except Exception as exc:  # noqa: BLE001 - the client must hear of it; the traceback goes to the log
         log.exception("relaying the stream of %s failed", name)
         error = (f"relaying the upstream's stream failed: {type(exc).__name__}", "server_error")
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away: the call still counts
+        if on_usage is not None:
+            _detached(on_usage(usage))
+        raise
     finally:
         await response.aclose()
     metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
@@ -712,6 +716,16 @@ async def _relay(response: httpx.Response, upstream, metrics: Metrics, timeouts:
         metrics.upstream_errors.labels(name).inc()
         log.warning("stream from %s ended with an error event: %s", name, error[0])
         yield _sse_error(*error)
+
+
+_DETACHED: set = set()  # tasks that outlive the request that started them (strong references until done)
+
+
+def _detached(coro) -> None:
+    """Run `coro` as a task of its own, e.g. from a relay being cancelled."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _DETACHED.add(task)
+    task.add_done_callback(_DETACHED.discard)
 
 
 def _passed_headers(response: httpx.Response) -> dict:

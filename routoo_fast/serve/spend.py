@@ -31,8 +31,7 @@ The rule, applied to each chat request before it is forwarded:
 3. After the upstream answers, the call is charged: its actual cost from the answer's usage where known, else the
    router's expected cost of the call (a stream without `stream_options.include_usage`), else 0 (a pass-through
    model the router does not price). A call refused or failed before its answer began is not charged; a stream
-   that breaks off mid-way is charged as one without usage; a stream the client abandons is not charged (its relay
-   is cancelled before the end). Caps are checked before a call and a call may cross a cap; the calls after it are
+   that breaks off mid-way, or that the client abandons, is charged as one without usage. Caps are checked before a call and a call may cross a cap; the calls after it are
    refused.
 
 Storage: one SQLite database in WAL mode (readers never wait for the writer, and every worker process shares it)
