@@ -71,21 +71,26 @@ def short_prompts(prompts: list[str], words: int = 6) -> list[str]:
 def start_server(router: str, batching: bool, max_length: int | None, threads: int, max_wait_ms: float,
                  max_batch: int, encoder_batch: int | None = None, timeout: float = 300.0, workers: int = 1,
                  encoder_backend: str | None = None, q_cache_bytes: int = 0) -> tuple[subprocess.Popen, str]:
-    """`routoo-fast serve` in a subprocess on a free loopback port; returns once /healthz answers."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "routoo_fast.cli", "serve", "--router", router, "--host", LOOPBACK,
-           "--port", str(port), "--threads", str(threads), "--log-level", "warning",
-           "--max-wait-ms", str(max_wait_ms), "--max-batch", str(max_batch), "--max-queue", "4096",
-           "--workers", str(workers), "--q-cache-bytes", str(q_cache_bytes)]
+    """`routoo-fast serve` with the load test's settings; returns once /healthz answers."""
+    args = ["--router", router, "--threads", str(threads), "--max-wait-ms", str(max_wait_ms),
+            "--max-batch", str(max_batch), "--workers", str(workers), "--q-cache-bytes", str(q_cache_bytes)]
     if encoder_backend is not None:
-        cmd += ["--encoder-backend", encoder_backend]
+        args += ["--encoder-backend", encoder_backend]
     if max_length is not None:
-        cmd += ["--max-length", str(max_length)]
+        args += ["--max-length", str(max_length)]
     if encoder_batch is not None:
-        cmd += ["--encoder-batch", str(encoder_batch)]
+        args += ["--encoder-batch", str(encoder_batch)]
     if not batching:
-        cmd.append("--no-batching")
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would stall the server
+        args.append("--no-batching")
+    return launch_server(args, tempfile.TemporaryFile(mode="w+"), timeout)
+
+
+def launch_server(serve_args: list[str], log, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """`routoo-fast serve *serve_args` in a subprocess on a free loopback port, its stderr into `log` (a file, not
+    a pipe: a full pipe would stall the server); returns (process, url) once /healthz answers."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "routoo_fast.cli", "serve", "--host", LOOPBACK, "--port", str(port),
+           "--log-level", "warning", "--max-queue", "4096", *serve_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://{LOOPBACK}:{port}"
     deadline = time.monotonic() + timeout
@@ -106,7 +111,7 @@ def start_server(router: str, batching: bool, max_length: int | None, threads: i
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
-        proc.wait(20)
+        proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

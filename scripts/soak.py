@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the fake upstream lives with the tests
 
-from fake_upstream import LOOPBACK, FakeUpstream, serve_in_thread  # noqa: E402
+from fake_upstream import FakeUpstream, serve_in_thread  # noqa: E402
+from load_test import launch_server, sample_prompts, stop_server  # noqa: E402  (this script's folder is on sys.path)
 
 SHORT_PROMPTS = ["hi", "What is 2 + 2?", "Translate 'good morning' into French.", "Write a haiku about rain.",
                  "Who wrote Hamlet?", "Explain TCP slow start in one sentence.", "Is 97 prime?",
@@ -92,15 +92,6 @@ class Plan:
     mmlu: list[str]
     seed: int
     malformed: list = field(default_factory=_malformed)
-
-
-def sample_prompts(n: int, seed: int = 0) -> list[str]:
-    """`n` real prompts (bundled MMLU-Pro questions with their options), sampled with a fixed seed."""
-    from routoo_fast.data.mmlu_pro import load_default
-
-    prompts = load_default().prompts
-    rng = np.random.default_rng(seed)
-    return [prompts[i] for i in rng.integers(0, len(prompts), size=n)]
 
 
 def plan(n: int, malformed: float, faults: float, chat: float, seed: int) -> Plan:
@@ -200,44 +191,13 @@ async def _drive(url: str, p: Plan, concurrency: int, max_seconds: float, progre
     return outcomes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def start_server(args, upstreams: str, log, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """`routoo-fast serve` in a subprocess on a free loopback port; returns once /healthz answers."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "routoo_fast.cli", "serve", "--router", args.router, "--host", LOOPBACK,
-           "--port", str(port), "--threads", str(args.threads), "--log-level", "warning", "--upstreams", upstreams,
-           "--max-queue", "4096", *args.server_arg]
+    """`routoo-fast serve` with the soak's router, threads and upstreams; returns once /healthz answers."""
+    serve_args = ["--router", args.router, "--threads", str(args.threads), "--upstreams", upstreams,
+                  *args.server_arg]
     if args.max_length is not None:
-        cmd += ["--max-length", str(args.max_length)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
-    url = f"http://{LOOPBACK}:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited with code {proc.returncode}: {log.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError(f"server did not come up within {timeout} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        serve_args += ["--max-length", str(args.max_length)]
+    return launch_server(serve_args, log, timeout)
 
 
 def _upstreams_file(router_path: str, upstream_url: str, folder: str) -> str:
