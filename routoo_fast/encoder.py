@@ -97,6 +97,27 @@ def _positive_int(name, value, minimum=1):
     return value
 
 
+def build_from_spec(cls, spec: dict, overrides: dict, allowed: set):
+    """`cls(**spec's constructor keys, **overrides)` for any encoder backend: unknown spec keys and overrides outside
+    `allowed` are errors, and if the spec carries an encoder_id the rebuilt encoder must have the same one (other
+    weights would make a trained head meaningless)."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise ValueError(f"encoder spec has unknown keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
+    if set(overrides) - allowed:
+        raise TypeError(f"from_spec overrides must be among {sorted(allowed)}, got {sorted(overrides)}")
+    kwargs = {k: spec[k] for k in ("path", "max_length", "batch_size", "pooling") if k in spec}
+    kwargs.update(overrides)
+    encoder = cls(**kwargs)
+    expected = spec.get("encoder_id")
+    if expected is not None and expected != encoder.encoder_id:
+        raise ValueError(f"encoder spec was made with {expected!r} but the weights found give "
+                         f"{encoder.encoder_id!r}")
+    return encoder
+
+
 class Encoder:
     """A local HF transformer as a prompt encoder.
 
@@ -163,22 +184,8 @@ class Encoder:
         """Rebuild from `spec()`. overrides: num_threads, device, batch_size, max_batch_tokens, max_chars. If the
         spec carries an encoder_id, the rebuilt encoder must have the same one (other weights would make a trained
         head meaningless)."""
-        if not isinstance(spec, dict):
-            raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
-        unknown = set(spec) - _SPEC_KEYS
-        if unknown:
-            raise ValueError(f"encoder spec has unknown keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
-        allowed = {"num_threads", "device", "batch_size", "max_batch_tokens", "max_chars"}
-        if set(overrides) - allowed:
-            raise TypeError(f"from_spec overrides must be among {sorted(allowed)}, got {sorted(overrides)}")
-        kwargs = {k: spec[k] for k in ("path", "max_length", "batch_size", "pooling") if k in spec}
-        kwargs.update(overrides)
-        encoder = cls(**kwargs)
-        expected = spec.get("encoder_id")
-        if expected is not None and expected != encoder.encoder_id:
-            raise ValueError(f"encoder spec was made with {expected!r} but the weights found give "
-                             f"{encoder.encoder_id!r}")
-        return encoder
+        return build_from_spec(cls, spec, overrides, {"num_threads", "device", "batch_size", "max_batch_tokens",
+                                                      "max_chars"})
 
     def __repr__(self) -> str:
         where = DEFAULT_NAME if self.path is None else self.path

@@ -33,8 +33,8 @@ from typing import Iterator
 import numpy as np
 
 from routoo_fast._atomic import atomic_write_bytes
-from routoo_fast.encoder import (CHARS_PER_TOKEN, DEFAULT_NAME, POOLINGS, check_prompts, default_model_path,
-                                 weights_digest)
+from routoo_fast.encoder import (CHARS_PER_TOKEN, DEFAULT_NAME, POOLINGS, build_from_spec, check_prompts,
+                                 default_model_path, weights_digest)
 
 __all__ = ["ENCODER_BACKENDS", "OnnxEncoder", "check_encoder_backend", "onnx_paths", "export_onnx",
            "quantize_onnx", "QUANTIZATION", "EXPORT_VERSION"]
@@ -314,23 +314,8 @@ class OnnxEncoder:
     def from_spec(cls, spec: dict, **overrides) -> "OnnxEncoder":
         """Rebuild from an `Encoder.spec()`; overrides: num_threads, batch_size, max_batch_tokens, max_chars,
         quantized, cache_dir, onnx_path, device ("cpu" only). The weights found must give the spec's encoder_id."""
-        if not isinstance(spec, dict):
-            raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
-        unknown = set(spec) - {"path", "max_length", "batch_size", "pooling", "encoder_id"}
-        if unknown:
-            raise ValueError(f"encoder spec has unknown keys {sorted(unknown)}")
-        allowed = {"num_threads", "device", "batch_size", "max_batch_tokens", "max_chars", "quantized", "cache_dir",
-                   "onnx_path"}
-        if set(overrides) - allowed:
-            raise TypeError(f"from_spec overrides must be among {sorted(allowed)}, got {sorted(overrides)}")
-        kwargs = {k: spec[k] for k in ("path", "max_length", "batch_size", "pooling") if k in spec}
-        kwargs.update(overrides)
-        encoder = cls(**kwargs)
-        expected = spec.get("encoder_id")
-        if expected is not None and expected != encoder.encoder_id:
-            raise ValueError(f"encoder spec was made with {expected!r} but the weights found give "
-                             f"{encoder.encoder_id!r}")
-        return encoder
+        return build_from_spec(cls, spec, overrides, {"num_threads", "device", "batch_size", "max_batch_tokens",
+                                                      "max_chars", "quantized", "cache_dir", "onnx_path"})
 
     def __repr__(self) -> str:
         where = DEFAULT_NAME if self.path is None else self.path
