@@ -97,6 +97,13 @@ def _positive_int(name, value, minimum=1):
     return value
 
 
+def encoder_id_of(path, folder: Path, pooling: str, max_length: int) -> str:
+    """The id every encoder backend reports for the same weights: name, sha256 of the weight files, pooling and
+    max_length (what the encodings, and so a trained head, depend on)."""
+    name = DEFAULT_NAME if path is None else folder.name
+    return f"{name}@sha256:{weights_digest(folder)[:16]}/pool={pooling}/max_length={max_length}"
+
+
 def build_from_spec(cls, spec: dict, overrides: dict, allowed: set):
     """`cls(**spec's constructor keys, **overrides)` for any encoder backend: unknown spec keys and overrides outside
     `allowed` are errors, and if the spec carries an encoder_id the rebuilt encoder must have the same one (other
@@ -171,8 +178,7 @@ class Encoder:
     @cached_property
     def encoder_id(self) -> str:
         """Stable id of what the encodings depend on: name, sha256 of the weight files, pooling, max_length."""
-        name = DEFAULT_NAME if self.path is None else self.folder.name
-        return f"{name}@sha256:{weights_digest(self.folder)[:16]}/pool={self.pooling}/max_length={self.max_length}"
+        return encoder_id_of(self.path, self.folder, self.pooling, self.max_length)
 
     def spec(self) -> dict:
         """JSON-able description that `Encoder.from_spec` rebuilds (path None = the shipped default)."""

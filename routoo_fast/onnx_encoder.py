@@ -34,7 +34,7 @@ import numpy as np
 
 from routoo_fast._atomic import atomic_write_bytes
 from routoo_fast.encoder import (CHARS_PER_TOKEN, DEFAULT_NAME, POOLINGS, build_from_spec, check_prompts,
-                                 default_model_path, weights_digest)
+                                 default_model_path, encoder_id_of, weights_digest)
 
 __all__ = ["ENCODER_BACKENDS", "OnnxEncoder", "check_encoder_backend", "onnx_paths", "export_onnx",
            "quantize_onnx", "QUANTIZATION", "EXPORT_VERSION"]
@@ -303,8 +303,7 @@ class OnnxEncoder:
     # --- identity (the same as the torch Encoder's: same weights, same head) ------------------------------------
     @cached_property
     def encoder_id(self) -> str:
-        name = DEFAULT_NAME if self.path is None else self.folder.name
-        return f"{name}@sha256:{weights_digest(self.folder)[:16]}/pool={self.pooling}/max_length={self.max_length}"
+        return encoder_id_of(self.path, self.folder, self.pooling, self.max_length)
 
     def spec(self) -> dict:
         return {"path": self.path, "max_length": self.max_length, "batch_size": self.batch_size,
