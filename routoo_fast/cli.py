@@ -184,6 +184,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_threads(p, threads=False)  # --quiet: log level warning unless --log-level says otherwise
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("route-batch", help="route every prompt of a Parquet / JSONL / CSV file", description=(
+        "Read prompts from a file, predict every model's quality for each (in this process with a progress bar, "
+        "or on Ray Data workers with --ray), apply the policy (budget= over the whole file) and write one row per "
+        "prompt: row, model, predicted_quality, expected_cost, feasible (+ q_<model> columns with --with-q). "
+        "Formats follow the file extensions: .parquet, .jsonl/.ndjson, .csv. The output is written atomically."))
+    p.add_argument("--input", required=True, metavar="FILE", help="prompts file (.parquet, .jsonl, .ndjson, .csv)")
+    p.add_argument("--output", required=True, metavar="FILE", help="decisions file (.parquet, .jsonl, .ndjson, .csv)")
+    p.add_argument("--column", default="prompt", metavar="NAME", help="column of the prompts (default: %(default)s)")
+    _add_router_args(p)
+    _add_policy_args(p, "max_quality")
+    p.add_argument("--with-q", action="store_true", help="also write every model's predicted quality (q_<model>)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N",
+                   help="prompts per predictor call, and per Ray Data batch (default: %(default)s)")
+    p.add_argument("--ray", action="store_true",
+                   help="predict on Ray Data workers (pip install 'routoo_fast[ray]'): an actor pool with one router "
+                        "per actor; connects to $RAY_ADDRESS or --ray-address, else starts a local Ray")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to connect to (with --ray)")
+    p.add_argument("--actors", type=int, default=2, metavar="N", help="with --ray: actors (default: %(default)s)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="N",
+                   help="with --ray: CPUs reserved per actor, and its torch threads unless --threads says otherwise "
+                        "(default: %(default)s)")
+    p.add_argument("--budget-gather-max", type=int, default=64_000_000, metavar="CELLS",
+                   help="with --ray and budget=: up to this many prompts x models, Q and C are gathered to the "
+                        "driver and the knapsack is solved exactly; above, lambda* is found by k-section over cost "
+                        "sums the workers compute (default: %(default)s)")
+    _add_quiet_threads(p, threads=False)
+    p.set_defaults(func=cmd_route_batch)
+
     p = sub.add_parser("bench", help="measure routing throughput in this process", description=(
         "Route synthetic prompts through the router at several batch sizes and print prompts/s (no server)."))
     _add_router_args(p)
@@ -285,6 +313,62 @@ def cmd_route(args) -> int:
             for j in sorted(range(len(router.model_names)), key=lambda j: -Q[i, j]):
                 print(f"    {router.model_names[j]:<40} quality={Q[i, j]:.3f} cost=${C[i, j]:.6f}")
     return 0
+
+
+def cmd_route_batch(args) -> int:
+    from pathlib import Path
+
+    from .serve.route_batch import FORMATS, read_prompts, route_batch, write_results
+
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--actors", args.actors)
+    _check_positive("--cpus-per-actor", args.cpus_per_actor)
+    policy = _policy_from_args(args)  # a bad policy fails before any file is read or model loaded
+    out = Path(args.output)
+    if out.suffix.lower() not in FORMATS:
+        raise UserError(f"--output {args.output!r}: unknown format {out.suffix or '(no extension)'!r}; use one of "
+                        f"{', '.join(sorted(FORMATS))}")
+    prompts = read_prompts(args.input, args.column)
+    if args.ray:
+        t0 = time.perf_counter()  # with Ray, the time includes starting the actors and loading their routers
+        result = _route_batch_ray(args, prompts, policy)
+    else:
+        router = _load_router(args)
+        t0 = time.perf_counter()
+        result = route_batch(router, prompts, router.check_policy(policy), batch_size=args.batch_size,
+                             with_q=args.with_q, progress=not args.quiet)
+    elapsed = time.perf_counter() - t0
+    write_results(out, result)
+    if not args.quiet:
+        print(f"routed {len(prompts)} prompts in {elapsed:.1f} s ({len(prompts) / elapsed:.1f} prompts/s, "
+              f"method: {result.method}); total expected cost ${result.total_cost:.6f}, mean predicted "
+              f"quality {result.total_quality / len(prompts):.4f}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+def _route_batch_ray(args, prompts, policy):
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'routoo_fast[ray]'") from None
+    from .serve.route_batch import route_batch_ray
+
+    threads = args.threads if args.threads is not None else max(1, int(args.cpus_per_actor))
+    router_kwargs = {"path": args.router, "backend": args.backend, "max_length": args.max_length,
+                     "num_threads": threads, "batch_size": args.encoder_batch,
+                     "encoder_backend": args.encoder_backend}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.ray_address, log_to_driver=not args.quiet,
+                 logging_level="WARNING" if args.quiet else "INFO")
+    try:
+        return route_batch_ray(router_kwargs, prompts, policy, actors=args.actors, batch_size=args.batch_size,
+                               with_q=args.with_q, num_cpus_per_actor=args.cpus_per_actor,
+                               gather_max_cells=args.budget_gather_max, progress=not args.quiet)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def cmd_serve(args) -> int:
