@@ -181,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most conversations remembered per worker, least recently used out first "
                         "(default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    ray = p.add_argument_group("Ray Serve (--ray; pip install 'routoo_fast[ray]'; see docs/SCALE.md)")
+    ray.add_argument("--ray", action="store_true",
+                     help="run as a Ray Serve application (routoo_fast.serve.ray_app): replicas behind Ray's HTTP "
+                          "proxy on --host/--port, one router per replica, passes batched by @serve.batch; "
+                          "connects to --ray-address or $RAY_ADDRESS, else starts a local Ray")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to connect to")
+    ray.add_argument("--replicas", type=int, default=1, metavar="N", help="fixed replica count (default: %(default)s)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                     help="autoscale between MIN and MAX replicas instead of --replicas")
+    ray.add_argument("--target-ongoing-requests", type=float, default=32, metavar="N",
+                     help="with --autoscale: requests in flight per replica that autoscaling aims at "
+                          "(default: %(default)s)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="N",
+                     help="CPUs reserved per replica, and its torch threads unless --threads says otherwise "
+                          "(default: %(default)s)")
+    ray.add_argument("--max-ongoing-requests", type=int, default=256, metavar="N",
+                     help="requests a replica takes at once; more wait in Ray's queue (default: %(default)s)")
     _add_quiet_threads(p, threads=False)  # --quiet: log level warning unless --log-level says otherwise
     p.set_defaults(func=cmd_serve)
 
@@ -372,6 +389,8 @@ def _route_batch_ray(args, prompts, policy):
 
 
 def cmd_serve(args) -> int:
+    if args.ray:
+        return _serve_ray(args)
     import uvicorn
 
     _check_serve_args(args)
@@ -387,6 +406,47 @@ def cmd_serve(args) -> int:
         return _serve_reuseport(args, common)
     # uvicorn's workers are processes that import the app: each builds its own router from the same arguments
     uvicorn.run("routoo_fast.cli:serve_worker_app", factory=True, workers=args.workers, **common)
+    return 0
+
+
+def serve_ray_options(args) -> dict:
+    """The Ray Serve application's options (routoo_fast.serve.ray_app.build_app) from `serve --ray` arguments."""
+    from .serve.ray_app import RAY_OPTIONS
+
+    options = {k: getattr(args, k) for k in RAY_OPTIONS}
+    options.update(num_replicas=args.replicas, num_cpus=args.cpus_per_replica,
+                   max_ongoing_requests=args.max_ongoing_requests,
+                   target_ongoing_requests=args.target_ongoing_requests)
+    if args.autoscale:
+        low, sep, high = args.autoscale.partition(":")
+        if not sep or not low.isdigit() or not high.isdigit() or not 0 <= int(low) <= int(high) or int(high) < 1:
+            raise UserError(f"--autoscale must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got {args.autoscale!r}")
+        options.update(min_replicas=int(low), max_replicas=int(high))
+    return options
+
+
+def _serve_ray(args) -> int:
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise UserError("--ray needs Ray Serve: pip install 'routoo_fast[ray]'") from None
+    from .serve.ray_app import build_app
+
+    if args.workers != 1:
+        raise UserError("--workers is for uvicorn processes; with --ray, use --replicas N or --autoscale MIN:MAX")
+    _check_positive("--replicas", args.replicas)
+    _check_positive("--cpus-per-replica", args.cpus_per_replica)
+    _check_positive("--max-ongoing-requests", args.max_ongoing_requests)
+    _check_serve_args(args)
+    options = serve_ray_options(args)
+    ray.init(address=args.ray_address, logging_level="WARNING" if args.quiet else "INFO")
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(options), name="routoo", route_prefix="/", blocking=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
     return 0
 
 
