@@ -220,9 +220,27 @@ def _options(args: dict | None) -> tuple[dict, dict]:
     unknown = sorted(k for k in args if k not in RAY_OPTIONS and k not in DEPLOYMENT_OPTIONS)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; known: {sorted(RAY_OPTIONS) + sorted(DEPLOYMENT_OPTIONS)}")
-    replica = {k: args.get(k, v) for k, v in RAY_OPTIONS.items()}
-    deployment = {k: args.get(k, v) for k, v in DEPLOYMENT_OPTIONS.items()}
+    replica = {k: _typed(k, args[k], v) if k in args else v for k, v in RAY_OPTIONS.items()}
+    deployment = {k: _typed(k, args[k], v) if k in args else v for k, v in DEPLOYMENT_OPTIONS.items()}
     return replica, deployment
+
+
+_INT_OPTIONS = {"max_length", "threads", "encoder_batch", "max_prompt_chars", "min_replicas", "max_replicas"}
+
+
+def _typed(key: str, value, default):
+    """`serve run ... key=value` passes strings: numbers and booleans are converted by the option's type."""
+    if not isinstance(value, str):
+        return value
+    kind = bool if isinstance(default, bool) else int if key in _INT_OPTIONS else type(default)
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        return kind(value) if kind in (int, float) else value
+    except ValueError:
+        raise ValueError(f"option {key}={value!r}: expected {kind.__name__}") from None
 
 
 def _replica_app(router, opts: dict):
