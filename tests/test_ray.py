@@ -38,6 +38,41 @@ def saved_router(tmp_path_factory):
     return str(save_small_router(tmp_path_factory.mktemp("ray") / "router"))
 
 
+def test_cli_serve_ray_starts_answers_and_stops_on_ctrl_c(saved_router, in_process, capsys):
+    """`routoo-fast serve --ray` in a subprocess (its own local Ray; first in this file, before the test Ray)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert cli.main(["serve", "--ray", "--workers", "2"]) == 1
+    assert "use --replicas N or --autoscale MIN:MAX" in capsys.readouterr().err
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "routoo_fast.cli", "serve", "--ray", "--router", saved_router,
+                             "--port", str(port), "--replicas", "1", "--threads", "1", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, up = time.monotonic() + 180, False
+        while time.monotonic() < deadline and proc.poll() is None and not up:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert up, f"serve --ray did not come up (exit code {proc.poll()})"
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/route", json={"prompt": PROMPT, "policy": "lambda=2000"},
+                       timeout=60)
+        assert r.status_code == 200
+        assert r.json()["decisions"][0]["model"] == in_process.route([PROMPT], "lambda=2000")[0].model
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 130, err[-2000:]
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
