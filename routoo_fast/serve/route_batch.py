@@ -369,7 +369,6 @@ def route_batch_ray(router_kwargs: dict, prompts: Sequence[str], policy, *, acto
     The batches are the same chunks of `batch_size` prompts as `route_batch`, so Q and the decisions are the
     same. budget=: gathered to the driver up to `gather_max_cells` prompts x models, k-section above (see the
     module docstring)."""
-    import pyarrow as pa
     import ray
 
     if not ray.is_initialized():
@@ -382,10 +381,22 @@ def route_batch_ray(router_kwargs: dict, prompts: Sequence[str], policy, *, acto
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to route")
-    names = router.model_names
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()  # restored on the way out: the caller may use Ray Data too
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = bool(progress)
+    try:
+        return _run_on_ray(ray, router, router_kwargs, prompts, policy, actors, batch_size, with_q,
+                           num_cpus_per_actor, gather_max_cells, progress)
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _run_on_ray(ray, router, router_kwargs, prompts, policy, actors, batch_size, with_q, num_cpus_per_actor,
+                gather_max_cells, progress) -> BatchResult:
+    import pyarrow as pa
+
+    names = router.model_names
     # blocks of whole batches: map_batches then cuts exactly the chunks route_batch cuts
     per_block = batch_size * max(1, min(64, math.ceil(len(prompts) / (batch_size * actors * 4))))
     tables = [pa.table({"row": pa.array(np.arange(s, e, dtype=np.int64)), "prompt": pa.array(prompts[s:e])})
@@ -396,8 +407,8 @@ def route_batch_ray(router_kwargs: dict, prompts: Sequence[str], policy, *, acto
     scored = ds.map_batches(BatchScorer, fn_constructor_kwargs={"router_kwargs": router_kwargs,
                                                                 "policy": str(policy), "mode": mode,
                                                                 "with_q": with_q},
-                            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_cpus=num_cpus_per_actor)
+                            batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=num_cpus_per_actor)
     if not is_budget:
         cols = _collect(scored, ["row", "model", "predicted_quality", "expected_cost", "feasible"]
                         + (["Q"] if with_q else []))
