@@ -3,7 +3,8 @@
 Encoder backends (`ENCODER_BACKENDS`, chosen by `Router.from_pretrained(encoder_backend=...)`, `--encoder-backend`):
   torch      routoo_fast.encoder.Encoder: transformers on CPU or CUDA (token states, then pool+score)
   onnx       this module, fp32: the same weights exported to ONNX, run by onnxruntime on the CPU
-  onnx-int8  this module, int8: the fp32 graph with its weight MatMuls quantized (see QUANTIZATION)
+  onnx-int8  this module, int8: the fp32 graph with every weight MatMul int8 (see QUANTIZATION), its fused
+             attention split into the QKV MatMul and MultiHeadAttention so that the QKV projection is one of them
 
 The graph, exported offline from the router's own encoder weights (never fetched):
 
@@ -40,22 +41,29 @@ __all__ = ["ENCODER_BACKENDS", "OnnxEncoder", "check_encoder_backend", "onnx_pat
            "quantize_onnx", "QUANTIZATION", "EXPORT_VERSION"]
 
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-EXPORT_VERSION = 2  # bump when the export or quantization recipe changes: a new cache key, nothing stale is read
+EXPORT_VERSION = 3  # bump when the export or quantization recipe changes: a new cache key, nothing stale is read
 OPSET = 17
 INSTALL_HINT = "pip install 'routoo_fast[onnx]' (onnxruntime and onnx)"
-# What onnx-int8 quantizes, chosen by the parity gate (routoo_fast.evaluation.encoder_parity, on all 1,304 held-out
-# MMLU prompts against torch fp32, shipped router): dynamic int8 (weights int8 per output channel, activations
-# uint8 per tensor with scales computed per call) on the attention output projections and the FFN up-projections.
-# In fp32: the fused attention (Q/K/V projections and softmax), the FFN down-projections (a MatMul whose weight has
-# more input than output features, fed by the GELU outputs whose wide range one uint8 scale per tensor resolves
-# worst), embeddings and LayerNorms. Measured (mean |dQ|, same decision at the default lambda / at half its spend,
-# max AUC delta):
-#   this recipe                                    0.0031   98.9% / 98.0%   0.0018   passes every bar
-#   + Q/K/V int8 (fused attention quantized)       0.0036   99.1% / 97.3%   0.0023   fails mid-curve; 1.2-1.4x faster
-#   every MatMul int8 (150-prompt sample)          0.0053                            fails mean |dQ|
-#   + embeddings int8 (onnxruntime's defaults)     0.014 (150 prompts), the issue's "too lossy" graph
-QUANTIZATION = {"mode": "dynamic", "weights": "int8 per-channel", "op_types": ["MatMul"],
-                "exclude": "down-projections"}
+# What onnx-int8 quantizes, and how, chosen by the parity gate (routoo_fast.evaluation.encoder_parity, all 1,304
+# held-out MMLU prompts against torch fp32, shipped router). Every weight MatMul is int8:
+#   blockwise  the QKV projection (one MatMul, the fused attention split apart), the FFN up- and down-projections:
+#              MatMulNBits, 8-bit weights with one scale per 128 weights along K of an output column, the input
+#              quantized the same way per row and block (accuracy_level 4), so one outlier channel (the LayerNorm
+#              outputs and GELU outputs of this model have channels 10-15x their median) costs only its own block
+#   per tensor the attention output projection: DynamicQuantizeMatMul (weights int8 per output channel, the input
+#              uint8 with one scale per call), the fastest int8 kernel here, on the one input without such outliers
+# Embeddings, LayerNorms, the attention's softmax and the pooling stay fp32. Measured (mean |dQ|, same decision at
+# the default lambda / at half its spend, max AUC delta, quality at the best model's cost; 1,304 prompts):
+#   this recipe (v3)                                            0.0022  98.7%   0.0012  0.16 pt  passes every bar
+#   blockwise on all six (output projection too)                0.0022  98.5%   0.0014  0.08 pt  passes, slower
+#   v2: per tensor on the output and up-projections, the rest fp32  0.0031  98.0%   0.0018  0.08 pt  passes at the edge
+#   per tensor on output and up, blockwise QKV and down         0.0036  97.6%   0.0024  0.00 pt  fails
+#   per tensor on every MatMul (300-prompt sample)              0.0059  97.7%   0.0072           fails
+# Blockwise with 32 weights a block halves mean |dQ| again (0.0012, 300 prompts) at about 1.25x the MMLU-length time.
+# A graph the BERT fusions do not recognise (another model type) has no roles: its weight MatMuls ("other") are all
+# blockwise.
+QUANTIZATION = {"mode": "dynamic", "weights": "int8", "blockwise int8": ("qkv", "up", "down", "other"),
+                "dynamic int8": ("out",), "block_size": 128}
 _BERT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet"}
 
 
@@ -155,7 +163,8 @@ def _fuse_bert(data: bytes, config) -> bytes:
 
 
 def quantize_onnx(src, out) -> Path:
-    """The int8 graph of the fp32 graph `src`, written atomically to `out` (recipe: QUANTIZATION)."""
+    """The int8 graph of the fp32 graph `src`, written atomically to `out` (recipe: QUANTIZATION). Deterministic:
+    the same fp32 graph gives the same bytes."""
     import tempfile
 
     import onnx
@@ -165,26 +174,132 @@ def quantize_onnx(src, out) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    model = _unfuse_attention(onnx.load(str(src)))
+    roles = matmul_roles(model)
+    blockwise = [name for name, role in roles.items() if role in QUANTIZATION["blockwise int8"]]
+    per_tensor = [name for name, role in roles.items() if role in QUANTIZATION["dynamic int8"]]
+    model = blockwise_int8(model, blockwise, QUANTIZATION["block_size"])
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
-        tmp_out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=list(QUANTIZATION["op_types"]),
-                         nodes_to_exclude=down_projections(onnx.load(str(src), load_external_data=False)),
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        staged, tmp_out = Path(tmp) / "staged.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(staged))
+        if per_tensor:
+            quantize_dynamic(str(staged), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"], nodes_to_quantize=per_tensor,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        else:
+            tmp_out = staged
         atomic_write_bytes(out, tmp_out.read_bytes())
     return out
 
 
-def down_projections(model) -> list[str]:
-    """Names of the MatMul nodes whose weight (an initializer [K, N]) has K > N: the layers onnx-int8 keeps fp32."""
+def _unfuse_attention(model):
+    """Each fused Attention node (input, packed QKV weight [D, 3D], bias, mask) becomes MatMul(input, weight) ->
+    Split -> MultiHeadAttention(q, k, v, bias, mask): the same arithmetic, with the QKV projection a plain MatMul
+    that can be quantized like the others (Attention's own int8 form quantizes its input per tensor)."""
+    from onnx import helper, numpy_helper
+
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    names = []
+    nodes = []
     for node in model.graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2:
-            shape = shapes.get(node.input[1])
-            if shape is not None and len(shape) == 2 and shape[0] > shape[1]:
-                names.append(node.name)
-    return names
+        if node.op_type != "Attention" or node.domain != "com.microsoft" or len(node.input) < 3:
+            nodes.append(node)
+            continue
+        x, weight, bias = node.input[:3]
+        mask = node.input[3] if len(node.input) > 3 else ""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if set(attrs) - {"num_heads", "mask_filter_value", "scale"} or len(node.input) > 4 \
+                or len(shapes.get(weight, ())) != 2 or shapes[weight][1] % 3:
+            nodes.append(node)  # a form MultiHeadAttention does not take (past state, attention bias, ...)
+            continue
+        hidden = shapes[weight][1] // 3
+        qkv = f"{node.name}_qkv"
+        sizes = numpy_helper.from_array(np.array([hidden] * 3, dtype=np.int64), f"{node.name}_qkv_sizes")
+        model.graph.initializer.append(sizes)
+        q, k, v = (f"{node.name}_{part}" for part in "qkv")
+        nodes.append(helper.make_node("MatMul", [x, weight], [qkv], name=f"{node.name}/qkv/MatMul"))
+        nodes.append(helper.make_node("Split", [qkv, sizes.name], [q, k, v], name=f"{node.name}/qkv/Split", axis=-1))
+        nodes.append(helper.make_node("MultiHeadAttention", [q, k, v, bias] + ([mask] if mask else []),
+                                      list(node.output), name=node.name, domain="com.microsoft", **attrs))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def matmul_roles(model) -> dict:
+    """{MatMul node name: role} for the MatMuls with a constant 2-D weight, by where they sit in a BERT layer:
+    "qkv" (feeds the attention through a Split), "out" (the attention's output projection), "up" (feeds the
+    GELU), "down" (takes the GELU's output); "other" for anything else (the pooling MatMul has no weight)."""
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    attention = {"MultiHeadAttention", "Attention"}
+    gelu = {"BiasGelu", "Gelu", "FastGelu"}
+    roles = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) != 2 or len(shapes.get(node.input[1], ())) != 2:
+            continue
+        src = producer.get(node.input[0])
+        users = consumers.get(node.output[0], [])
+        if any(u.op_type == "Split" and any(c.op_type in attention for o in u.output for c in consumers.get(o, []))
+               for u in users):
+            roles[node.name] = "qkv"
+        elif src is not None and src.op_type in attention:
+            roles[node.name] = "out"
+        elif any(u.op_type in gelu for u in users):
+            roles[node.name] = "up"
+        elif src is not None and src.op_type in gelu:
+            roles[node.name] = "down"
+        else:
+            roles[node.name] = "other"
+    return roles
+
+
+def blockwise_int8(model, names, block_size: int):
+    """The MatMuls `names` (constant weight [K, N]) as com.microsoft MatMulNBits, 8 bits: each run of block_size
+    weights along K of one output column shares a float scale, symmetric (q = round(w / scale) + 128, scale =
+    max|w| / 127, the default zero point 128); accuracy_level 4 lets onnxruntime quantize the input the same way,
+    per row and block, and multiply in int8 (a per-tensor input scale loses the channels next to an outlier one).
+    Plain numpy, so the bytes depend on the fp32 weights only."""
+    from onnx import helper, numpy_helper
+
+    names = set(names)
+    inits = {init.name: init for init in model.graph.initializer}
+    uses: dict = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in names:
+            nodes.append(node)
+            continue
+        w = inits[node.input[1]]
+        W = numpy_helper.to_array(w).astype(np.float32)
+        K, N = W.shape
+        blocks = -(-K // block_size)
+        padded = np.zeros((blocks * block_size, N), dtype=np.float32)
+        padded[:K] = W
+        grouped = padded.T.reshape(N, blocks, block_size)
+        scale = (np.abs(grouped).max(axis=2) / np.float32(127)).astype(np.float32)
+        safe = np.where(scale > 0, scale, np.float32(1))
+        q = (np.clip(np.rint(grouped / safe[:, :, None]), -127, 127) + 128).astype(np.uint8)
+        qw = numpy_helper.from_array(q, f"{w.name}_int8_blocks")
+        qs = numpy_helper.from_array(scale, f"{w.name}_int8_scales")
+        model.graph.initializer.extend([qw, qs])
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], qw.name, qs.name], list(node.output),
+                                      name=f"{node.name}_int8", domain="com.microsoft", K=K, N=N, bits=8,
+                                      block_size=block_size, accuracy_level=4))
+        uses[w.name] -= 1
+        if uses[w.name] == 0:
+            model.graph.initializer.remove(w)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if names and not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 _EXPORT_LOCK = threading.Lock()
