@@ -279,6 +279,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("cv", help="cross-validate quality predictors on the shared pools", description=(
+        "The predictor protocol of docs/EVALUATION.md: 5 folds by prompt hash on each dataset, every predictor "
+        "fitted on the same train / val rows of each fold (all choices on val), routed with predicted Q and "
+        "expected costs, scored with true outcomes and costs; AIQ, quality at the best model's cost, cost to "
+        "match it, log loss and ECE per fold, paired-bootstrap intervals against the baselines. Writes report.md "
+        "and results.json."))
+    p.add_argument("--datasets", default="all", metavar="NAMES",
+                   help="'all' or a comma-separated subset of mmlu_pro, routellm, routerbench, zeroeval_gsm, "
+                        "zeroeval_math, zeroeval_crux (default: %(default)s)")
+    p.add_argument("--predictors", default="routoo,kNN,MF", metavar="NAMES",
+                   help="comma-separated predictor names, or 'all' (the package's, the baselines and the "
+                        "candidates tried; default: %(default)s)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="R",
+                   help="paired-bootstrap resamples for the intervals (default: %(default)s)")
+    p.add_argument("--out", default="routoo_cv", metavar="DIR", help="output directory (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="the shared real-data folder (default: $ROUTOO_SHARED_DATA or ../shared/data)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
+    _add_quiet_threads(p)
+    p.set_defaults(func=cmd_cv)
+
     p = sub.add_parser("demo", help="route example prompts, then run the reproduction", description=(
         "Route a few example prompts under several policies with the router, then run the evaluation "
         "(the same as 'eval')."))
@@ -664,6 +686,35 @@ def cmd_eval(args) -> int:
     report = reproduce(router=args.router, out=args.out, datasets=datasets, data_dir=args.data_dir,
                        cache_dir=args.cache_dir, progress=not args.quiet, echo=False)
     _print_report(report, args)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    _setup_output(args)
+    from .evaluation.cv import PREDICTORS, cross_validate
+    from .evaluation.reproduce import DATASETS
+
+    datasets = "all" if args.datasets == "all" else [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [] if datasets == "all" else [d for d in datasets if d not in DATASETS]
+    if unknown or not datasets:
+        raise UserError(f"--datasets must be 'all' or a comma-separated subset of {', '.join(DATASETS)}; "
+                        f"got {args.datasets!r}")
+    predictors = list(PREDICTORS) if args.predictors == "all" else [
+        p.strip() for p in args.predictors.split(",") if p.strip()]
+    bad = [p for p in predictors if p not in PREDICTORS]
+    if bad or not predictors:
+        raise UserError(f"--predictors must be 'all' or names from {', '.join(PREDICTORS)}; got {args.predictors!r}")
+    if args.folds < 2:
+        raise UserError(f"--folds must be >= 2, got {args.folds}")
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    result = cross_validate(datasets, predictors, n_folds=args.folds, data_dir=args.data_dir,
+                            cache_dir=args.cache_dir, n_boot=args.bootstrap, progress=not args.quiet,
+                            log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    md = result.write(args.out)
+    if not args.quiet:
+        print(result.to_markdown())
+    print(f"report: {md}")
     return 0
 
 

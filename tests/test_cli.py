@@ -13,7 +13,7 @@ import pytest
 from routoo_fast import cli
 from routoo_fast.policies import Budget, MaxQuality, MinCost, Tradeoff
 
-SUBCOMMANDS = ["route", "serve", "bench", "train", "eval", "demo"]
+SUBCOMMANDS = ["route", "serve", "route-batch", "bench", "train", "eval", "cv", "demo"]
 
 
 def run_main(capsys, *argv):

@@ -129,6 +129,7 @@ class RecipeFit:
     epochs: list = field(default_factory=list)  # per member, from early stopping on val
     val_loss: float = math.nan  # of the chosen recipe, before the refit on train + val
     refit_rows: int = 0
+    val_probs: np.ndarray | None = None  # [len(val_idx), N] Q of the chosen recipe on val, before the refit
 
     def summary(self) -> str:
         r = self.recipe
@@ -180,6 +181,7 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     logit_prior = np.log(prior_tr / (1 - prior_tr))
     xv = torch.from_numpy(x[va])
     results, trained = [], {}
+    val_logits = {}
     for hidden, beta in itertools.product(hiddens, betas):
         r = replace(base, hidden=int(hidden), beta=float(beta))
         targets = group_targets(y, groups, fit_rows, r.beta, r.group_shrink)
@@ -194,7 +196,8 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
             with torch.no_grad():
                 z = merge_heads([h for h, _ in members[:n]])(xv).double().numpy()
             for a in shrinks:
-                loss = _masked_log_loss(a * z + (1 - a) * logit_prior, y[va])
+                val_logits[(r.hidden, r.beta, int(n), float(a))] = a * z + (1 - a) * logit_prior
+                loss = _masked_log_loss(val_logits[(r.hidden, r.beta, int(n), float(a))], y[va])
                 results.append({"hidden": r.hidden, "beta": r.beta, "n_seeds": int(n), "logit_shrink": float(a),
                                 "val_loss": loss})
     # the lowest val loss; a tie keeps the earliest grid point
@@ -219,8 +222,10 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     else:
         head = merge_heads([h for h, _ in members])
         shrink_logits(head, prior_tr, chosen.logit_shrink)
+    z = val_logits[(chosen.hidden, chosen.beta, chosen.n_seeds, chosen.logit_shrink)]
     return RecipeFit(head=head, recipe=chosen, grid=results, epochs=epochs, val_loss=choice["val_loss"],
-                     refit_rows=int(fit_rows.size) if refit else int(tr.size))
+                     refit_rows=int(fit_rows.size) if refit else int(tr.size),
+                     val_probs=(1.0 / (1.0 + np.exp(-z))).astype(np.float32))
 
 
 def fit_count(grid=GRID, recipe: Recipe | None = None, refit: bool = True) -> int:

@@ -1,0 +1,167 @@
+"""The cross-validation protocol (routoo_fast.evaluation.cv): folds, metrics against the curve metrics, the paired
+bootstrap, and a whole run on a synthetic dataset with a planted signal."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routoo_fast.costs import ModelPrice, PriceTable
+from routoo_fast.data.table import OutcomeTable
+from routoo_fast.evaluation import cv
+from routoo_fast.evaluation.curves import Curve
+from routoo_fast.evaluation.metrics import aiq, cost_to_reach, quality_at_cost
+from routoo_fast.evaluation.reproduce import Dataset
+
+
+def test_folds_are_stable_balanced_and_keep_duplicates_together():
+    prompts = [f"prompt number {i}" for i in range(2000)]
+    f = cv.fold_of(prompts)
+    assert f.dtype == np.int64 and f.min() == 0 and f.max() == cv.N_FOLDS - 1
+    assert np.array_equal(f, cv.fold_of(list(prompts)))  # a pure function of the text
+    counts = np.bincount(f, minlength=cv.N_FOLDS)
+    assert counts.min() > 300 and counts.max() < 500  # 400 expected per fold
+    dup = cv.fold_of(["same text", "other", "same text"])
+    assert dup[0] == dup[2]
+
+
+def test_inner_split_partitions_the_rows_by_text():
+    prompts = [f"q{i % 700}" for i in range(1400)]  # every text twice
+    rows = np.arange(1400)
+    tr, va = cv.inner_split(prompts, rows)
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), rows)
+    assert 0.08 < va.size / rows.size < 0.18
+    in_val = {prompts[i] for i in va}
+    assert not any(prompts[i] in in_val for i in tr)  # duplicates on one side only
+
+
+def test_fold_and_split_errors_name_the_argument():
+    with pytest.raises(ValueError, match="n_folds"):
+        cv.fold_of(["a", "b"], n_folds=1)
+    with pytest.raises(TypeError, match="single str"):
+        cv.fold_of("abc")
+    with pytest.raises(ValueError, match="val_share"):
+        cv.inner_split(["a"], [0], val_share=1.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_fold_metrics_equal_the_curve_metrics(seed):
+    rng = np.random.default_rng(seed)
+    L, N = int(rng.integers(1, 30)), int(rng.integers(2, 8))
+    Cc, Yc = rng.uniform(0, 2, L), rng.uniform(0, 1, L)
+    sc, sq = rng.uniform(0.1, 2, N), rng.uniform(0, 1, N)
+    m = cv.fold_metrics(Yc, Cc, sq, sc)
+    curve = Curve("r", Cc, Yc)
+    best = max(range(N), key=lambda j: (sq[j], -sc[j]))
+    assert m["aiq"] == pytest.approx(aiq(curve, sc.min(), sc.max()), abs=1e-9)
+    q = quality_at_cost(curve, sc[best])
+    assert (math.isnan(m["gain"]) and math.isnan(q)) or m["gain"] == pytest.approx(q - sq[best], abs=1e-12)
+    c = cost_to_reach(curve, sq[best])
+    assert (math.isnan(m["match"]) and math.isnan(c)) or m["match"] == pytest.approx(c / sc[best], rel=1e-12)
+
+
+def _pool_fold(rng, P=300, N=4, informative=True):
+    Y = (rng.uniform(size=(P, N)) < np.linspace(0.3, 0.8, N)).astype(np.float64)
+    C = np.tile(np.linspace(1.0, 4.0, N), (P, 1))
+    noise = rng.uniform(size=(P, N))
+    return cv.PoolFold(Y, C, C, {"oracle": 0.5 * Y + 0.25 + 0.01 * noise, "noise": noise,
+                                 "noise copy": noise.copy()})
+
+
+def test_bootstrap_of_a_predictor_against_itself_is_zero_and_an_oracle_wins():
+    rng = np.random.default_rng(0)
+    folds = [_pool_fold(rng) for _ in range(3)]
+    same = cv.bootstrap_differences(folds, "noise", "noise copy", n_boot=100)
+    assert all(v == (0.0, 0.0, 0.0) for v in same.values())
+    better = cv.bootstrap_differences(folds, "oracle", "noise", n_boot=100)
+    mean, lo, hi = better["aiq"]
+    assert 0 < lo <= mean <= hi
+    assert better["gain"][1] > 0
+
+
+def _synthetic_dataset(P=600, N=3, seed=0):
+    """Two kinds of prompts (their encodings differ); model j is right on kind j % 2 with high probability."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 2, P)
+    x = rng.normal(size=(P, 16)).astype(np.float32)
+    x[:, 0] += 4.0 * kind  # the signal
+    p_right = np.where((np.arange(N)[None, :] % 2) == kind[:, None], 0.9, 0.2)
+    scores = (rng.uniform(size=(P, N)) < p_right).astype(np.float32)
+    models = [f"m{j}" for j in range(N)]
+    table = OutcomeTable(prompts=[f"prompt {i} kind {kind[i]}" for i in range(P)], models=models, scores=scores,
+                         output_tokens=np.full((P, N), 10.0, dtype=np.float32))
+    prices = PriceTable({m: ModelPrice(1.0 + j, 2.0 + j) for j, m in enumerate(models)})
+    ds = Dataset("synthetic", table, np.full(P, "train"), None, {"all models": models})
+    return ds, x, prices
+
+
+def test_cross_validate_dataset_scores_every_prompt_once_and_finds_the_signal(tmp_path):
+    ds, x, prices = _synthetic_dataset()
+    fits = {"kNN": cv.fit_knn, "MF": cv.fit_mf,
+            "prior": lambda x_, s, tr, va, g, memo: (lambda xb: np.tile(np.nanmean(s[tr], 0), (len(xb), 1)))}
+    result = cv.cross_validate_dataset(cv.CVResult(), ds, x, fits, prices=prices)
+    folds = result.pools["all models"]
+    assert len(folds) == cv.N_FOLDS
+    assert sum(pf.Y.shape[0] for pf in folds) == ds.table.n_prompts  # each prompt is a test prompt exactly once
+    result.summarise(n_boot=50)
+    rows = result.table["all models"]
+    # the planted signal: a kNN router beats the prompt-blind prior by far
+    assert rows["kNN"]["aiq"] > rows["prior"]["aiq"] + 0.1
+    assert rows["kNN"]["log_loss"] < rows["prior"]["log_loss"]
+    assert "prior - kNN" in result.intervals["all models"] and "prior - MF" in result.intervals["all models"]
+    assert result.verdicts()["all models"]["prior"] == {"aiq": False, "gain": False}
+    md = result.write(tmp_path / "cv")
+    text = md.read_text()
+    assert "| kNN |" in text and "| prior |" in text
+    assert (tmp_path / "cv" / "results.json").read_text().startswith("{")
+    assert not list((tmp_path / "cv").glob(".*.tmp"))
+
+
+def test_cross_validate_rejects_bad_arguments():
+    ds, x, prices = _synthetic_dataset(P=60)
+    with pytest.raises(ValueError, match="x must be"):
+        cv.cross_validate_dataset(cv.CVResult(), ds, x[:10], {"kNN": cv.fit_knn}, prices=prices)
+    with pytest.raises(ValueError, match="datasets"):
+        cv.cross_validate("no-such-pool")
+    with pytest.raises(ValueError, match="unknown predictors"):
+        cv.cross_validate("mmlu_pro", predictors=("oracle",))
+
+
+def test_cli_cv_rejects_bad_flags_before_any_work(capsys):
+    from routoo_fast.cli import main
+
+    assert main(["cv", "--datasets", "nope"]) != 0
+    assert "--datasets" in capsys.readouterr().err
+    assert main(["cv", "--predictors", "routoo,oracle"]) != 0
+    assert "--predictors" in capsys.readouterr().err
+    assert main(["cv", "--folds", "1"]) != 0
+    assert "--folds" in capsys.readouterr().err
+
+
+def test_recipe_fit_returns_the_chosen_recipes_val_probabilities():
+    from routoo_fast.train.recipe import fit_recipe
+
+    ds, x, _ = _synthetic_dataset(P=200)
+    tr, va = np.arange(0, 160), np.arange(160, 200)
+    fit = fit_recipe(x, ds.table.scores, tr, va, grid={"logit_shrink": (0.5, 1.0)}, refit=False)
+    assert fit.val_probs.shape == (40, 3)
+    import torch
+
+    with torch.no_grad():  # without a refit the returned head is the one the val probabilities came from
+        q = fit.head.probs(torch.from_numpy(x[va])).numpy()
+    np.testing.assert_allclose(fit.val_probs, q, atol=1e-5)
+
+
+def test_simplex_weights_pick_the_informative_part_and_platt_undoes_a_distortion():
+    rng = np.random.default_rng(1)
+    y = (rng.uniform(size=(400, 2)) < 0.7).astype(np.float64)
+    good = np.where(y == 1, 0.8, 0.3)
+    noise = rng.uniform(size=y.shape)
+    w = cv.simplex_weights([noise, good], y)
+    assert w.sum() == pytest.approx(1.0) and w[1] >= 0.9
+    p = np.clip(0.5 + 0.4 * (2 * y - 1) * rng.uniform(0.5, 1, y.shape), 0.01, 0.99)
+    squashed = 1 / (1 + np.exp(-0.3 * np.log(p / (1 - p))))  # overconfident made underconfident
+    a, c = cv.platt_scaling(squashed, y)
+    assert (a > 2).all()  # the fitted slope undoes the 0.3 squash (toward 1 / 0.3)
