@@ -328,8 +328,8 @@ class OnnxEncoder:
 
     path, max_length, batch_size, pooling, max_batch_tokens, max_chars: as `routoo_fast.encoder.Encoder`.
     quantized: the int8 graph (encoder backend "onnx-int8") instead of fp32 ("onnx").
-    num_threads: onnxruntime intra-op threads for this encoder and torch's (process-wide) for the scoring head
-    (None = leave both as they are: onnxruntime's choice is all cores).
+    num_threads: onnxruntime intra-op threads for this encoder; torch's (process-wide, for the scoring head) are
+    then set to 1 (None = leave both as they are: onnxruntime's choice is all cores).
     cache_dir: where the exported graphs live (None: $ROUTOO_CACHE_DIR or ~/.cache/routoo_fast). onnx_path: run
     this graph file instead (it must have the inputs and output in the module docstring).
     """
@@ -356,11 +356,13 @@ class OnnxEncoder:
         self.quantized = bool(quantized)
         self.num_threads = None if num_threads is None else _positive_int("num_threads", num_threads)
         if self.num_threads is not None:
-            # the scoring head runs in torch: the same count there (process-wide, as the torch Encoder sets it);
-            # idle torch threads left spinning next to onnxruntime's cost a batch-1 call milliseconds
+            # the scoring head runs in torch (process-wide count): one thread, whatever onnxruntime gets. The head is
+            # a small MLP on [B, D]; a second torch (OpenMP) thread left spinning after it takes the core that
+            # onnxruntime's second thread needs: measured at 2 threads, a 9-token route 8-16 ms with torch at 2
+            # threads, 3.0 ms with torch at 1
             import torch
 
-            torch.set_num_threads(self.num_threads)
+            torch.set_num_threads(1)
         self.path = None if path is None else str(path)
         folder = Path(default_model_path() if path is None else path)
         if not (folder / "config.json").is_file():
