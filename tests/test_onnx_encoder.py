@@ -16,6 +16,7 @@ from tests._onnx import onnx_cache_dir, onnx_encoder
 
 pytest.importorskip("onnxruntime")
 
+CALIBRATION_DIGEST = "d211b6d690380a5f"  # sha256 of the calibration prompts, NUL-joined
 MORE = PROMPTS + ["Which planet is known as the Red Planet?\nA. Venus\nB. Mars\nC. Jupiter",
                   "naïve café — 東京 🚀", "word " * 400, "   leading and trailing   ", "x"]
 
@@ -116,24 +117,71 @@ def _graph(path):
 
 
 def test_int8_graph_quantizes_every_weight_matmul():
-    """The recipe as QUANTIZATION states it: QKV, up- and down-projections blockwise (MatMulNBits, 8 bits), the
-    attention output projection per tensor, no fp32 weight MatMul left (the pooling MatMul has no weight)."""
+    """The recipe as QUANTIZATION states it: the 24 weight MatMuls int8 per tensor, the QKV, up- and down-projections
+    each with OUTLIER_CHANNELS input channels split off into an fp32 MatMul; no other fp32 weight MatMul (the
+    pooling MatMul has no weight)."""
     from collections import Counter
 
+    from onnx import numpy_helper
+
     from routoo_fast.encoder import default_model_path
-    from routoo_fast.onnx_encoder import QUANTIZATION, _unfuse_attention, matmul_roles, onnx_paths
+    from routoo_fast.onnx_encoder import OUTLIER_CHANNELS, QUANTIZATION, _unfuse_attention, matmul_roles, onnx_paths
 
     fp32, int8 = onnx_paths(default_model_path(), onnx_cache_dir())
     roles = Counter(matmul_roles(_unfuse_attention(_graph(fp32))).values())
     assert roles == {"qkv": 6, "out": 6, "up": 6, "down": 6}
-    ops = Counter(n.op_type for n in _graph(int8).graph.node)
-    blockwise = sum(roles[r] for r in QUANTIZATION["blockwise int8"])
-    per_tensor = sum(roles[r] for r in QUANTIZATION["dynamic int8"])
-    assert ops["MatMulNBits"] == blockwise and ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] == per_tensor
-    assert ops["MatMul"] == 1 and ops["Attention"] == 0 and ops["MultiHeadAttention"] == 6
-    nbits = [n for n in _graph(int8).graph.node if n.op_type == "MatMulNBits"]
-    attrs = {(a.name, a.i) for n in nbits for a in n.attribute if a.name in ("bits", "block_size", "accuracy_level")}
-    assert attrs == {("bits", 8), ("block_size", QUANTIZATION["block_size"]), ("accuracy_level", 4)}
+    model = _graph(int8)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] == 24 and ops["MatMulNBits"] == 0
+    assert ops["Attention"] == 0 and ops["MultiHeadAttention"] == 6
+    split = sum(roles[r] for r in QUANTIZATION["per tensor, outliers fp32"])
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    fp32_weights = [inits[n.input[1]].shape for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert len(fp32_weights) == split and all(shape[0] == OUTLIER_CHANNELS for shape in fp32_weights)
+    assert ops["MatMul"] == split + 1  # + the pooling
+
+
+def test_outlier_split_is_the_same_product():
+    """x @ W = Mul(x, keep) @ W' + Gather(x, O) @ W[O] in fp32 (nothing quantized yet), O the largest channels."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from routoo_fast.onnx_encoder import split_outliers
+
+    rng = np.random.default_rng(1)
+    K, N, k = 48, 20, 4
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", N])],
+                              [numpy_helper.from_array(W, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    amax = np.ones(K)
+    amax[[5, 17, 30, 31]] = [40.0, 12.0, 9.0, 25.0]
+    amax[7] = 8.0  # the fifth largest: stays in the quantized product
+    split, main = split_outliers(model, {"mm": amax}, k)
+    assert main == ["mm/inner"]
+    inits = {i.name: numpy_helper.to_array(i) for i in split.graph.initializer}
+    assert inits["mm_outliers_index"].tolist() == [5, 17, 30, 31] and "w" not in inits
+    x = rng.standard_normal((2, 3, K)).astype(np.float32)
+    x[..., 5] *= 40
+    got = ort.InferenceSession(split.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ W, rtol=1e-5, atol=1e-4)
+
+
+def test_calibration_prompts_are_pinned():
+    """The int8 graph depends on the calibration prompts: a change to them is a recipe change (bump
+    EXPORT_VERSION, then this digest). They are train-split prompts, none held out."""
+    from routoo_fast.data import load_default
+    from routoo_fast.data.splits import split_by_hash, split_fractions
+    from routoo_fast.onnx_encoder import CALIBRATION_PROMPTS, calibration_prompts
+
+    prompts = calibration_prompts()
+    assert len(prompts) == CALIBRATION_PROMPTS
+    assert set(split_by_hash(prompts, split_fractions())) == {"train"}
+    assert len(set(prompts) & set(load_default().prompts)) == CALIBRATION_PROMPTS
+    digest = hashlib.sha256("\0".join(prompts).encode()).hexdigest()[:16]
+    assert digest == CALIBRATION_DIGEST, digest
 
 
 def test_unfused_attention_computes_what_the_fused_one_does(tmp_path):
