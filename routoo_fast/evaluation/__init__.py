@@ -7,6 +7,7 @@ the baseline routers, reports and plots, and the reproduction on real data.
     report.py     evaluate_pool -> PoolReport; Report.write: report.md, results.json, one PNG per pool
     reproduce.py  the bundled reproduction and the other real-data sets
     user_data.py  `routoo-fast eval --data FILE --router DIR`: the same report on a user's own outcomes
+    cv.py         `routoo-fast cv`: predictors compared on 5 folds of every shared pool, with intervals
 
 Imports from routoo_fast.train, routoo_fast.data and the live path (the arrows point down).
 The names of curves, metrics, baselines and report are re-exported here.
