@@ -18,7 +18,8 @@ on the CPU). Files live in `<cache>/onnx/<key>/encoder.fp32.onnx` and `encoder.i
 else $ROUTOO_CACHE_DIR, else ~/.cache/routoo_fast; key = sha256 of the weight files + the export recipe's version
 + the torch and onnxruntime versions that wrote them. Every file is written atomically (temporary file + rename),
 so concurrent workers exporting at once each see a whole file; the export and the quantization are deterministic
-(same inputs, same bytes; tested).
+(same inputs, same bytes; tested). The int8 graph also depends on the bundled calibration prompts its outlier
+channels are measured on (calibration_prompts(), pinned by a test: changing them is a recipe change).
 
 Tokenizing uses the model's fast tokenizer (`tokenizers.Tokenizer` from tokenizer.json, truncation set once, no
 padding) directly: no transformers call per prompt. Token ids equal the torch Encoder's (tested).
