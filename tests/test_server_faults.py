@@ -399,7 +399,15 @@ def test_upstream_latency_ttfb_and_spend_metrics(upstream):
             assert sse_events(s)[-1] == "[DONE]"
         r = c.post("/v1/chat/completions", json={"model": "router:" + policy, "messages": messages(), "stream": True})
         assert r.status_code == 200
-        text = c.get("/metrics").text
+        # the gauge drops after the server's last body byte, which can be just after the client has read it: scrape
+        # until the chat requests have left (a deadline, not a timing: a gauge stuck at 1 still fails below)
+        deadline = time.monotonic() + 10
+        while True:
+            text = c.get("/metrics").text
+            if metric(text, 'routoo_requests_in_flight{path="/v1/chat/completions"}') == 0 or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     expected = 2 * router.decide([PROMPT], router.predict([PROMPT]), policy)[0].expected_cost
     assert metric(text, f'routoo_estimated_spend_usd_total{{model="{MODELS[1]}"}}') == pytest.approx(expected)
     for model, calls in ((MODELS[1], 2), ("direct-model", 1)):
