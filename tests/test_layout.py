@@ -10,8 +10,9 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "routoo_fast"
 # room of each module: its subpackage, or "live" for the flat top level (cli is the entry point over all rooms)
 LEVEL = {"live": 0, "serve": 1, "data": 1, "train": 2, "evaluation": 3}
-# cli is the entry point over all rooms; the Router's optional micro-batching imports serve.batcher when enabled
-LIVE_MAY_IMPORT = {"cli": {"serve", "train", "evaluation", "data"}, "router": {"serve"}}
+# cli is the entry point over all rooms; the Router's optional micro-batching imports serve.batcher when enabled;
+# the int8 ONNX export (once per weights, inside a function) reads its calibration prompts from the bundled data
+LIVE_MAY_IMPORT = {"cli": {"serve", "train", "evaluation", "data"}, "router": {"serve"}, "onnx_encoder": {"data"}}
 
 
 def _modules():
