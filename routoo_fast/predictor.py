@@ -3,8 +3,8 @@
     token states, pooling mask = Encoder.token_states(prompts)            per length bucket
     Q = pool_score(token states, mask, head weights)                      fused: pooled once, scored once
 
-An encoder with `pools_inside` (routoo_fast.onnx_encoder.OnnxEncoder) pools inside its graph: Q = pool_score of
-its pooled [B, D] output as one token per prompt (the masked mean of one token is that token), same head path.
+An encoder with `pools_inside` (routoo_fast.onnx_encoder.OnnxEncoder) pools inside its graph: Q = head(pooled [B, D]),
+the head's own forward (`ScoringHead.probs`, the reference pool_score is tested against).
 """
 from __future__ import annotations
 
@@ -55,12 +55,14 @@ class Predictor:
         from routoo_fast.pool_score import pool_score
 
         prompts = check_prompts(prompts)
-        weights = self.head.scoring_weights()
         if getattr(self.encoder, "pools_inside", False):  # an ONNX encoder: pooled [B, D] in one call
             import torch
 
-            pooled = torch.from_numpy(self.encoder.encode(prompts)).unsqueeze(1)  # [B, 1, D]: the mean is itself
-            return pool_score(pooled, None, backend=self.backend, **weights).numpy()
+            # nothing left to pool: the head on [B, D] directly (a one-token pool_score cost ~0.17 ms more per
+            # call, 7 % of a 9-token onnx-int8 route)
+            with torch.inference_mode():
+                return self.head.probs(torch.from_numpy(self.encoder.encode(prompts))).numpy()
+        weights = self.head.scoring_weights()
         out = np.empty((len(prompts), self.n_models), dtype=np.float32)
         for hidden, mask, index in self.encoder.token_states(prompts):
             out[index] = pool_score(hidden, mask, backend=self.backend, **weights).cpu().numpy()
