@@ -1,8 +1,11 @@
 """ScoringHead: the contract's parameter names and shapes, the math per activation, argument checks."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routoo_fast.head import ACTIVATIONS, ScoringHead
 
@@ -80,3 +83,27 @@ def test_bad_forward_inputs():
         head(torch.ones(2, 8, dtype=torch.long))
     with pytest.raises(TypeError, match="torch.Tensor"):
         head([[0.0] * 8])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["gelu", "relu", "tanh", "identity", None]), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_probs_numpy_matches_probs(act, batch, seed):
+    """The numpy forward (small batches behind ONNX encoders) is the torch forward within float32 rounding."""
+    torch.manual_seed(seed)
+    head = ScoringHead(12, 5, hidden=None if act is None else 7, act=act or "gelu")
+    with torch.no_grad():
+        head.b.uniform_(-2, 2)
+    x = torch.randn(batch, 12) * 3
+    with torch.no_grad():
+        expected = head.probs(x).numpy()
+    got = head.probs_numpy(x.numpy())
+    assert got.dtype == np.float32 and got.shape == (batch, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_probs_numpy_refuses_the_wrong_input():
+    head = ScoringHead(4, 2, hidden=3)
+    with pytest.raises(ValueError, match="float32"):
+        head.probs_numpy(np.zeros((1, 4), dtype=np.float64))
+    with pytest.raises(ValueError, match=r"\[B, 4\]"):
+        head.probs_numpy(np.zeros((1, 5), dtype=np.float32))
