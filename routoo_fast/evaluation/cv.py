@@ -377,11 +377,14 @@ class CVResult:
         lines += [f"- {n}" for n in self.notes] + [""]
         verdict = self.verdicts()
         for pool, rows in self.table.items():
-            lines += [f"## {pool}", "", "| predictor | AIQ | gain at best's cost (pts) | cost to match | log loss | "
+            lines += [f"## {pool}", "", "| predictor | AIQ | gain at best's cost (pts) | cost to match (mean where reached) | log loss | "
                       "ECE | AIQ per fold |", "|---|---:|---:|---:|---:|---:|---|"]
             for name, r in rows.items():
                 per = " ".join(f"{m['aiq']:.4f}" for m in r["per_fold"])
-                lines.append(f"| {name} | {r['aiq']:.4f} | {100 * r['gain']:+.2f} | {_fmt(r['match'], '.3f')} | "
+                reached = sum(math.isfinite(m["match"]) for m in r["per_fold"])
+                match = _fmt(r["match"], ".3f") + ("" if reached in (0, len(r["per_fold"]))
+                                                   else f" ({reached} of {len(r['per_fold'])} folds)")
+                lines.append(f"| {name} | {r['aiq']:.4f} | {100 * r['gain']:+.2f} | {match} | "
                              f"{r['log_loss']:.4f} | {r['ece']:.4f} | {per} |")
             lines.append("")
             for pair, d in self.intervals.get(pool, {}).items():
