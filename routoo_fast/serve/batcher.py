@@ -42,7 +42,7 @@ import numpy as np
 
 from ..costs import prompt_tokens
 
-__all__ = ["MicroBatcher", "QueueFull", "BatcherClosed", "approx_tokens", "limit_malloc_growth",
+__all__ = ["MicroBatcher", "QueueFull", "BatcherClosed", "Histogram", "approx_tokens", "limit_malloc_growth",
            "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_MMAP_THRESHOLD"]
 
 # Estimated tokens (characters / 4) per predictor pass, unless told otherwise. With the shipped router on one
@@ -72,7 +72,7 @@ def approx_tokens(prompt: str) -> int:
     return max(1, prompt_tokens(prompt))
 
 
-class _Histogram:
+class Histogram:
     """Fixed-bucket histogram written by the worker, read by a scrape (both under the batcher's stats lock)."""
 
     def __init__(self, bounds: Sequence[float]):
@@ -175,8 +175,8 @@ class MicroBatcher:
         self.failed_passes = 0
         self.failed_requests = 0
         self._stats_lock = threading.Lock()
-        self._pass_prompts = _Histogram(PASS_PROMPTS_BUCKETS)
-        self._pass_seconds = _Histogram(PASS_SECONDS_BUCKETS)
+        self._pass_prompts = Histogram(PASS_PROMPTS_BUCKETS)
+        self._pass_seconds = Histogram(PASS_SECONDS_BUCKETS)
         self._worker = threading.Thread(target=self._run, name=name, daemon=True)
         self._worker.start()
 
@@ -215,7 +215,7 @@ class MicroBatcher:
 
     def stats(self) -> dict:
         """Counters and histograms for a metrics scrape: passes, prompts, failed_passes, failed_requests,
-        queue_depth, queue_capacity, pass_prompts and pass_seconds (see `_Histogram.snapshot`). Every fn call
+        queue_depth, queue_capacity, pass_prompts and pass_seconds (see `Histogram.snapshot`). Every fn call
         counts in the histograms, including the solo re-runs that isolate a failure."""
         with self._stats_lock:
             return {"passes": self.batches, "prompts": self.prompts_served, "failed_passes": self.failed_passes,

@@ -38,7 +38,7 @@ from ray import serve
 
 from ..router import Router
 from .batcher import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MMAP_THRESHOLD, PASS_PROMPTS_BUCKETS, PASS_SECONDS_BUCKETS,
-                      BatcherClosed, QueueFull, approx_tokens)
+                      BatcherClosed, Histogram, QueueFull, approx_tokens)
 
 __all__ = ["RoutooDeployment", "ServeBatching", "build_app", "app", "RAY_OPTIONS", "DEPLOYMENT_OPTIONS"]
 
@@ -72,23 +72,6 @@ def _pass_units(chunks) -> int:
     return sum(c.units for c in chunks)
 
 
-class _Histogram:
-    def __init__(self, bounds):
-        self.bounds, self.counts, self.sum = tuple(bounds), [0] * (len(bounds) + 1), 0.0
-
-    def observe(self, value: float) -> None:
-        i = next((k for k, b in enumerate(self.bounds) if value <= b), len(self.bounds))
-        self.counts[i] += 1
-        self.sum += value
-
-    def snapshot(self) -> dict:
-        cumulative, total = [], 0
-        for bound, n in zip(self.bounds + (float("inf"),), self.counts):
-            total += n
-            cumulative.append((bound, total))
-        return {"buckets": cumulative, "sum": self.sum, "count": total}
-
-
 class ServeBatching:
     """A replica's batcher, with the interface `Router` and `create_app` use of `MicroBatcher` (`acall`, a sync
     call, `stats`, `close`): requests are cut into chunks, the chunks go through the replica's `@serve.batch`
@@ -99,7 +82,7 @@ class ServeBatching:
         self.max_batch_prompts, self.max_batch_tokens, self.max_queue = 64, None, 1024
         self.closed, self.waiting = True, 0
         self.passes = self.prompts = self.failed_passes = self.failed_requests = 0
-        self.pass_prompts, self.pass_seconds = _Histogram(PASS_PROMPTS_BUCKETS), _Histogram(PASS_SECONDS_BUCKETS)
+        self.pass_prompts, self.pass_seconds = Histogram(PASS_PROMPTS_BUCKETS), Histogram(PASS_SECONDS_BUCKETS)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="routoo-pass")
 
     def configure(self, max_wait: float, max_batch_prompts: int, max_batch_tokens: int | None,

@@ -728,6 +728,17 @@ def _detached(coro) -> None:
     task.add_done_callback(_DETACHED.discard)
 
 
+def _upstream_failure(exc: httpx.HTTPError, name: str, upstream, metrics: Metrics, timeouts: _Timeouts,
+                      during: str, broken: str) -> HTTPError:
+    """The client's error for an httpx failure with an upstream, counted in upstream_errors: 504 for a timeout,
+    else 502. during: where a timeout struck ("" or " mid-answer"); broken: what any other failure was."""
+    metrics.upstream_errors.labels(name).inc()
+    if isinstance(exc, httpx.TimeoutException):
+        return HTTPError(504, f"upstream for {name!r} timed out{during}: it {timeouts.describe(exc, upstream)}",
+                         "upstream_timeout")
+    return HTTPError(502, f"upstream for {name!r} {broken}: {type(exc).__name__}", "upstream_error")
+
+
 def _passed_headers(response: httpx.Response) -> dict:
     return {k: v for k, v in response.headers.items()
             if k in _PASSED_HEADERS or k.startswith(_PASSED_PREFIXES)}
@@ -768,13 +779,8 @@ async def _forward(client: httpx.AsyncClient, upstream, payload: dict, headers: 
             # connection, as the openai client itself does on a connection error.
             log.info("upstream %s: %s before any response byte; sending once more", name, type(exc).__name__)
             response = await client.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        metrics.upstream_errors.labels(name).inc()
-        raise HTTPError(504, f"upstream for {name!r} timed out: it {timeouts.describe(exc, upstream)}",
-                        "upstream_timeout") from None
     except httpx.HTTPError as exc:
-        metrics.upstream_errors.labels(name).inc()
-        raise HTTPError(502, f"upstream for {name!r} unreachable: {type(exc).__name__}", "upstream_error") from None
+        raise _upstream_failure(exc, name, upstream, metrics, timeouts, "", "unreachable") from None
     if response.status_code >= 400:
         try:
             detail = await response.aread()
@@ -803,13 +809,8 @@ async def _forward(client: httpx.AsyncClient, upstream, payload: dict, headers: 
             if chunk and not chunks:
                 metrics.upstream_ttfb.labels(name).observe(time.perf_counter() - started)
             chunks.append(chunk)
-    except httpx.TimeoutException as exc:
-        metrics.upstream_errors.labels(name).inc()
-        raise HTTPError(504, f"upstream for {name!r} timed out mid-answer: it {timeouts.describe(exc, upstream)}",
-                        "upstream_timeout") from None
     except httpx.HTTPError as exc:
-        metrics.upstream_errors.labels(name).inc()
-        raise HTTPError(502, f"upstream for {name!r} broke off: {type(exc).__name__}", "upstream_error") from None
+        raise _upstream_failure(exc, name, upstream, metrics, timeouts, " mid-answer", "broke off") from None
     finally:
         await response.aclose()
     metrics.upstream_latency.labels(name).observe(time.perf_counter() - started)
