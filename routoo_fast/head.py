@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,11 +85,10 @@ class ScoringHead(nn.Module):
         """Q [B, N] = sigmoid(forward(pooled))."""
         return torch.sigmoid(self.forward(pooled))
 
-    def probs_numpy(self, pooled) -> "np.ndarray":
+    def probs_numpy(self, pooled) -> np.ndarray:
         """`probs` in numpy on the CPU, float32 [B, N] from pooled float32 [B, D]: the same math on the same
         weights (views, so always current), for small batches where torch's per-op overhead is most of the head's
         time (~0.1-0.2 ms per call at batch 1). gelu and sigmoid come from scipy.special (erf, expit)."""
-        import numpy as np
         from scipy.special import erf, expit
 
         if self.E.device.type != "cpu":

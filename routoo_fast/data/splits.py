@@ -6,9 +6,24 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["SPLIT_NAMES", "split_by_hash"]
+__all__ = ["SPLIT_NAMES", "hash_unit", "split_by_hash"]
 
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def hash_unit(prompts: Sequence[str], salt: str) -> np.ndarray:
+    """u = blake2b(salt NUL text) as a 64-bit integer / 2**64, uniform in [0, 1), float64 [P]: the same for
+    identical texts on every machine and Python version (what every hash split of the package draws from)."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of str, not a single str")
+    prefix = salt.encode("utf-8") + b"\0"
+    u = np.empty(len(prompts), dtype=np.float64)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be str, got {type(p).__name__}")
+        digest = hashlib.blake2b(prefix + p.encode("utf-8"), digest_size=8).digest()
+        u[i] = int.from_bytes(digest, "big") / 2.0**64
+    return u
 
 
 def split_by_hash(
@@ -24,15 +39,7 @@ def split_by_hash(
     f = np.asarray(fractions, dtype=np.float64)
     if not np.all(np.isfinite(f)) or (f < 0).any() or abs(f.sum() - 1.0) > 1e-9:
         raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions!r}")
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of str, not a single str")
-    prefix = salt.encode("utf-8") + b"\0"
-    u = np.empty(len(prompts), dtype=np.float64)
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}] must be str, got {type(p).__name__}")
-        digest = hashlib.blake2b(prefix + p.encode("utf-8"), digest_size=8).digest()
-        u[i] = int.from_bytes(digest, "big") / 2.0**64
+    u = hash_unit(prompts, salt)
     edges = np.cumsum(f)[:2]
     which = np.searchsorted(edges, u, side="right")
     return np.asarray(SPLIT_NAMES)[which]

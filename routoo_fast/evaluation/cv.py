@@ -19,7 +19,6 @@ Protocol, per dataset (`reproduce.DATASETS`):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -29,11 +28,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from routoo_fast.data.splits import hash_unit
 from routoo_fast.evaluation.baselines import KNNRouter, MFRouter
 from routoo_fast.evaluation.curves import default_lambdas, upper_hull
 
-__all__ = ["N_FOLDS", "fold_of", "inner_split", "PREDICTORS", "BASELINES", "FoldFit", "PoolFold", "CVResult",
-           "CANDIDATES", "cross_validate", "cross_validate_dataset", "fold_metrics", "simplex_weights", "platt_scaling", "bootstrap_differences"]
+__all__ = ["N_FOLDS", "fold_of", "inner_split", "PREDICTORS", "BASELINES", "CANDIDATES", "PoolFold", "CVResult",
+           "cross_validate", "cross_validate_dataset", "fold_metrics", "simplex_weights", "platt_scaling",
+           "bootstrap_differences"]
 
 N_FOLDS = 5
 VAL_SHARE = 1 / 8  # of the non-test prompts of a fold: the same share `split_fractions` gives val
@@ -43,24 +44,11 @@ Predict = Callable[[np.ndarray], np.ndarray]  # features [B, D] -> Q [B, N]
 FitPredictor = Callable[..., Predict]  # (features, scores, train_idx, val_idx, groups, memo) -> Predict
 
 
-def _hash_unit(texts: Sequence[str], salt: str) -> np.ndarray:
-    """u = blake2b(salt NUL text) / 2**64 in [0, 1) per text: stable across machines and Python versions."""
-    prefix = salt.encode("utf-8") + b"\0"
-    out = np.empty(len(texts), dtype=np.float64)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"prompts[{i}] must be str, got {type(t).__name__}")
-        out[i] = int.from_bytes(hashlib.blake2b(prefix + t.encode("utf-8"), digest_size=8).digest(), "big") / 2.0**64
-    return out
-
-
 def fold_of(prompts: Sequence[str], n_folds: int = N_FOLDS) -> np.ndarray:
     """Fold id in [0, n_folds) per prompt [P] int64, from a hash of its text: identical texts share a fold."""
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of str, not a single str")
     if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    return np.minimum((_hash_unit(prompts, "routoo-cv-fold") * n_folds).astype(np.int64), n_folds - 1)
+    return np.minimum((hash_unit(prompts, "routoo-cv-fold") * n_folds).astype(np.int64), n_folds - 1)
 
 
 def inner_split(prompts: Sequence[str], rows, val_share: float = VAL_SHARE) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +56,7 @@ def inner_split(prompts: Sequence[str], rows, val_share: float = VAL_SHARE) -> t
     if not 0 < val_share < 1:
         raise ValueError(f"val_share must be in (0, 1), got {val_share}")
     rows = np.asarray(rows, dtype=np.int64)
-    u = _hash_unit([prompts[i] for i in rows], "routoo-cv-val")
+    u = hash_unit([prompts[i] for i in rows], "routoo-cv-val")
     return rows[u >= val_share], rows[u < val_share]
 
 
