@@ -35,3 +35,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture()
+def serve_wiring(monkeypatch):
+    """`routoo-fast serve` with the router load and uvicorn.run stubbed: {"create_app": its kwargs, "run": uvicorn's
+    kwargs}, so a test checks how flags are wired into the app, not a running server."""
+    import uvicorn
+
+    import routoo_fast.serve.server
+    from routoo_fast import cli
+    from small_router import small_router
+
+    calls = {}
+    real_create_app = routoo_fast.serve.server.create_app
+
+    def create_app(*args, **kwargs):
+        calls["create_app"] = kwargs
+        return real_create_app(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_load_router", lambda args: small_router())
+    monkeypatch.setattr(routoo_fast.serve.server, "create_app", create_app)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.setdefault("run", kwargs))
+    return calls

@@ -1,59 +1,41 @@
 """`routoo-fast serve`'s gateway flags reach the app: --spend-caps / --spend-db build the SpendGuard over the named
 SQLite file, --affinity-ttl / --affinity-max-sessions the SessionAffinity (0 = off); bad values are usage errors
-(the router load and uvicorn.run are stubbed, as in test_server_cli)."""
+(the router load and uvicorn.run are stubbed: conftest.serve_wiring)."""
 import json
 
 import pytest
-import uvicorn
 
-import routoo_fast.serve.server
 from routoo_fast import cli
 from routoo_fast.serve.affinity import SessionAffinity
 from routoo_fast.serve.spend import SpendGuard
-from small_router import small_router
 
 
-@pytest.fixture()
-def captured(monkeypatch):
-    calls = {}
-    real_create_app = routoo_fast.serve.server.create_app
-
-    def create_app(*args, **kwargs):
-        calls["create_app"] = kwargs
-        return real_create_app(*args, **kwargs)
-
-    monkeypatch.setattr(cli, "_load_router", lambda args: small_router())
-    monkeypatch.setattr(routoo_fast.serve.server, "create_app", create_app)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.setdefault("run", kwargs))
-    return calls
-
-
-def test_spend_caps_and_affinity_reach_the_app(captured, tmp_path):
+def test_spend_caps_and_affinity_reach_the_app(serve_wiring, tmp_path):
     caps = tmp_path / "caps.json"
     caps.write_text(json.dumps({"overall": {"usd_per_day": 3}, "database": "from-file.sqlite"}))
     db = tmp_path / "elsewhere" / "spend.sqlite"
     assert cli.main(["serve", "--spend-caps", str(caps), "--spend-db", str(db), "--affinity-ttl", "60",
                      "--affinity-max-sessions", "10"]) == 0
-    kwargs = captured["create_app"]
+    kwargs = serve_wiring["create_app"]
     assert isinstance(kwargs["spend"], SpendGuard) and kwargs["spend"].ledger.path == db and db.exists()
     assert kwargs["spend"].config.overall.usd_per_day == 3.0
     affinity = kwargs["affinity"]
     assert isinstance(affinity, SessionAffinity) and affinity.ttl_s == 60 and affinity.max_sessions == 10
 
 
-def test_defaults_affinity_on_spend_off_and_ttl_zero_is_off(captured):
+def test_defaults_affinity_on_spend_off_and_ttl_zero_is_off(serve_wiring):
     assert cli.main(["serve"]) == 0
-    assert captured["create_app"]["spend"] is None
-    assert captured["create_app"]["affinity"].ttl_s == 3600.0
+    assert serve_wiring["create_app"]["spend"] is None
+    assert serve_wiring["create_app"]["affinity"].ttl_s == 3600.0
     assert cli.main(["serve", "--affinity-ttl", "0"]) == 0
-    assert captured["create_app"]["affinity"] is None
+    assert serve_wiring["create_app"]["affinity"] is None
 
 
 @pytest.mark.parametrize("argv, message", [(["--affinity-ttl", "-1"], "--affinity-ttl must be"),
                                            (["--affinity-max-sessions", "0"], "--affinity-max-sessions must be"),
                                            (["--spend-db", "x.sqlite"], "--spend-db needs --spend-caps"),
                                            (["--spend-caps", "/no/such/caps.json"], "does not exist")])
-def test_bad_gateway_flags_are_usage_errors(captured, capsys, argv, message):
+def test_bad_gateway_flags_are_usage_errors(serve_wiring, capsys, argv, message):
     assert cli.main(["serve", *argv]) == 1
     assert message in capsys.readouterr().err
-    assert "run" not in captured
+    assert "run" not in serve_wiring

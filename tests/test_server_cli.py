@@ -1,11 +1,8 @@
 """`routoo-fast serve`'s server limits: shown with their defaults in --help, checked, and handed to the app and
 to uvicorn (the router load and uvicorn.run are stubbed: what is checked is the wiring, not a running server)."""
 import pytest
-import uvicorn
 
-import routoo_fast.serve.server
 from routoo_fast import cli
-from small_router import small_router
 
 FLAGS = {
     "--max-body-bytes": "8388608",
@@ -26,42 +23,27 @@ def test_serve_help_shows_every_limit_with_its_default(capsys):
         assert f"(default: {default})" in following, (flag, following)
 
 
-@pytest.fixture()
-def captured(monkeypatch):
-    calls = {}
-    real_create_app = routoo_fast.serve.server.create_app
-
-    def create_app(*args, **kwargs):
-        calls["create_app"] = kwargs
-        return real_create_app(*args, **kwargs)
-
-    monkeypatch.setattr(cli, "_load_router", lambda args: small_router())
-    monkeypatch.setattr(routoo_fast.serve.server, "create_app", create_app)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.setdefault("run", kwargs))
-    return calls
-
-
-def test_serve_passes_the_limits_on(captured):
+def test_serve_passes_the_limits_on(serve_wiring):
     code = cli.main(["serve", "--max-body-bytes", "5000", "--max-prompts-per-request", "7",
                      "--upstream-connect-timeout", "2.5", "--upstream-read-timeout", "45",
                      "--timeout-graceful-shutdown", "12"])
     assert code == 0
-    kwargs = captured["create_app"]
+    kwargs = serve_wiring["create_app"]
     assert kwargs["max_body_bytes"] == 5000 and kwargs["max_prompts_per_request"] == 7
     assert kwargs["upstream_connect_timeout"] == 2.5 and kwargs["upstream_read_timeout"] == 45.0
-    assert captured["run"]["timeout_graceful_shutdown"] == 12.0 and captured["run"]["host"] == "127.0.0.1"
+    assert serve_wiring["run"]["timeout_graceful_shutdown"] == 12.0 and serve_wiring["run"]["host"] == "127.0.0.1"
 
 
-def test_serve_defaults_reach_uvicorn(captured):
+def test_serve_defaults_reach_uvicorn(serve_wiring):
     assert cli.main(["serve"]) == 0
-    assert captured["run"]["timeout_graceful_shutdown"] == 30.0
-    assert captured["create_app"]["max_body_bytes"] == 8 * 1024 * 1024
+    assert serve_wiring["run"]["timeout_graceful_shutdown"] == 30.0
+    assert serve_wiring["create_app"]["max_body_bytes"] == 8 * 1024 * 1024
 
 
 @pytest.mark.parametrize("flag, value", [("--max-body-bytes", "0"), ("--max-prompts-per-request", "-1"),
                                          ("--upstream-connect-timeout", "0"), ("--upstream-read-timeout", "-5"),
                                          ("--timeout-graceful-shutdown", "-1")])
-def test_serve_refuses_bad_limits(captured, capsys, flag, value):
+def test_serve_refuses_bad_limits(serve_wiring, capsys, flag, value):
     assert cli.main(["serve", flag, value]) == 1
     assert f"{flag} must be" in capsys.readouterr().err
-    assert "run" not in captured
+    assert "run" not in serve_wiring
