@@ -37,43 +37,64 @@ import numpy as np
 from routoo_fast._atomic import atomic_write_bytes
 from routoo_fast.encoder import (CHARS_PER_TOKEN, DEFAULT_NAME, POOLINGS, build_from_spec, check_prompts,
                                  default_model_path, encoder_id_of, weights_digest)
+from routoo_fast.onnx_graph import (blockwise_int8, matmul_roles, plain_attention, smooth_inputs, split_outliers,
+                                    unfuse_attention, unfuse_skip_layernorm)
 
 __all__ = ["ENCODER_BACKENDS", "OnnxEncoder", "check_encoder_backend", "onnx_paths", "export_onnx",
-           "quantize_onnx", "QUANTIZATION", "EXPORT_VERSION"]
+           "quantize_onnx", "ensure_onnx", "QUANTIZATION", "EXPORT_VERSION"]
 
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-EXPORT_VERSION = 4  # bump when the export or quantization recipe changes: a new cache key, nothing stale is read
+EXPORT_VERSION = 5  # bump when the export or quantization recipe changes: a new cache key, nothing stale is read
 OPSET = 17
 INSTALL_HINT = "pip install 'routoo_fast[onnx]' (onnxruntime and onnx)"
+# Both graphs: after onnxruntime's BERT fusions, SkipLayerNormalization is rewritten back to Add + LayerNormalization
+# (onnx_graph.unfuse_skip_layernorm) and sessions open with SESSION_DISABLED_OPTIMIZERS so it stays so: onnxruntime
+# 1.32's CPU SkipLayerNormalization was ~20 % of the int8 session's time (12 calls, ~0.22 ms each at 107 tokens).
+# Measured, 1 thread, 107-token MMLU question: fp32 24.5 -> 21.9 ms, int8 (v4 recipe) 13.1 -> 11.2 ms.
+#
 # What onnx-int8 quantizes, and how, chosen by the parity gate (routoo_fast.evaluation.encoder_parity, all 1,304
 # held-out MMLU prompts against torch fp32, shipped router) and by speed. Every weight MatMul is int8 with the
 # fastest int8 kernel onnxruntime has on a CPU, DynamicQuantizeMatMul (weights int8 per output channel, the input
-# uint8 with one scale per call). One scale per input tensor is what cost accuracy: the inputs of the QKV, FFN up-
+# uint8 with one scale per call). One scale per input tensor is what costs accuracy: the inputs of the QKV, FFN up-
 # and down-projections (LayerNorm and GELU outputs) have a few channels at 10-15x the median channel's range, and
-# the uint8 steps sized for them leave the other channels ~10 levels. So for those three MatMuls the OUTLIER_CHANNELS
-# input channels of largest range (measured on the bundled train-split prompts, calibration_prompts) are split off
-# into a small fp32 MatMul (split_outliers) and the rest is quantized per tensor; the attention output projection,
-# whose input has no such channels, is quantized as it is. The fused attention is split into one QKV MatMul +
-# MultiHeadAttention so the QKV projection is one of these MatMuls. Embeddings, LayerNorms, softmax and pooling
-# stay fp32. Measured (mean |dQ|, same decision at the default lambda / at half its spend (the smaller), max AUC
-# delta, quality at the best model's cost; 1,304 prompts unless noted; time of the session, 1 thread, relative to
-# v2 in the same run, 9 tokens / 107 tokens; the 16- and 32-channel rows, measured before the 1/16-octave rounding
-# of the channel choice, show how much the same decision moves between near-equal recipes):
-#   this recipe (v4), 8 outlier channels                0.0019  98.3%  0.0011  0.00 pt  passes   0.6x / 0.78x
-#   16 outlier channels                                 0.0018  98.4%  0.0013  0.08 pt  passes
-#   32 outlier channels                                 0.0018  98.8%  0.0008  0.00 pt  passes   0.66x / 0.80x
-#   v3: blockwise int8 (MatMulNBits, 128-weight blocks, input quantized per row and block) on QKV, up and down,
-#       per tensor on the output projection             0.0022  98.7%  0.0012  0.16 pt  passes   0.74x / 1.1x
-#   v2: per tensor on the output and up-projections, QKV and down fp32
-#                                                       0.0031  98.0%  0.0018  0.08 pt  passes   1 / 1
-#   per tensor on every MatMul, no outliers split (300-prompt sample)
-#                                                       0.0059  97.7%  0.0072           fails
+# the uint8 steps sized for them leave the other channels ~10 levels. The per-input-channel max |x| is measured on
+# the bundled train-split prompts (calibration_prompts), then:
+#   QKV and up (LayerNorm outputs): SmoothQuant (onnx_graph.smooth_inputs, alpha SMOOTH_ALPHA): x / s and the
+#       weight rows * s, so the outliers move into the per-channel weight scales; one Mul per MatMul.
+#   down (GELU output): the OUTLIER_CHANNELS channels of largest range split off into a small fp32 MatMul
+#       (onnx_graph.split_outliers: Mul + Gather + MatMul + Add), the rest per tensor; smoothing it fails the gate.
+#   out (attention output, no such channels): per tensor as it is.
+# The fused attention is split into one QKV MatMul (quantized) and the attention itself, which is then written in
+# plain ops (onnx_graph.plain_attention: faster than MultiHeadAttention here). Embeddings, LayerNorms, softmax and
+# pooling stay fp32. Measured (mean |dQ|, same decision at the default lambda / at half its spend (the smaller),
+# max AUC delta, quality at the best model's cost; 1,304 prompts unless noted; the session's p50 on a 9-token /
+# 107-token prompt, 1 thread, ms, measured in one run with the LayerNorms unfused and attention in plain ops unless
+# noted):
+#   this recipe (v5): smooth QKV, up (alpha 0.6); split down 0.0021  98.9%  0.0013  0.00 pt  passes  1.37 / 8.3
+#       the shipped export of it (scripts/onnx_parity.py)  0.0021  98.5%  0.0013  0.00 pt  passes
+#   alpha 0.5 / 0.7 / 0.8 on QKV and up                 0.0023  98.5%  0.0009  0.00 pt  passes  1.32 / 8.0
+#                                                       0.0021  98.6%  0.0014  0.08 pt  passes  1.37 / 8.1
+#                                                       0.0021  98.5%  0.0017  0.08 pt  passes
+#   alpha 0.4                                           0.0025  97.7%  0.0012  0.00 pt  fails
+#   smooth down too (alpha 0.5, 0.3, 0.15)              0.0090  93.2%  0.0049  0.32 pt  fails   1.25 / 7.7
+#                                                       0.0383  76.0%  0.0328  0.56 pt  fails
+#                                                       0.0418  70.2%  0.0391  0.16 pt  fails
+#   v4: 8 outlier channels split on QKV, up and down    0.0019  98.7%  0.0011  0.00 pt  passes  1.45 / 10.0
+#       the same with SkipLayerNormalization and MultiHeadAttention (as shipped in v4)
+#                                                       0.0019  98.3%  0.0011  0.00 pt  passes  1.67 / 13.0
+# Earlier recipes (v4 notes; time relative to v2, which kept QKV and down fp32): 16 / 32 outlier channels
+# 0.0018 / 0.0018, 98.4 / 98.8 %, pass; v3 blockwise int8 (MatMulNBits) on QKV, up and down 0.0022, 98.7 %, passes,
+# 0.74x / 1.1x of v2's time; v2 0.0031, 98.0 %, passes; per tensor on every MatMul, nothing split or smoothed
+# (300-prompt sample) 0.0059, 97.7 %, AUC 0.0072, fails.
 # A graph the BERT fusions do not recognise (another model type) has no roles: its weight MatMuls ("other") are
 # quantized blockwise (blockwise_int8), which needs no calibration.
 OUTLIER_CHANNELS = 8
-QUANTIZATION = {"weights": "int8", "per tensor, outliers fp32": ("qkv", "up", "down"), "per tensor": ("out",),
-                "blockwise": ("other",), "outlier_channels": OUTLIER_CHANNELS, "block_size": 128,
-                "calibration_prompts": "calibration_prompts()"}
+SMOOTH_ALPHA = 0.6
+QUANTIZATION = {"weights": "int8", "smoothed, per tensor": ("qkv", "up"), "per tensor, outliers fp32": ("down",),
+                "per tensor": ("out",), "blockwise": ("other",), "smooth_alpha": SMOOTH_ALPHA,
+                "outlier_channels": OUTLIER_CHANNELS, "block_size": 128, "calibration_prompts": "calibration_prompts()"}
+# the fusion that would turn the graphs' Add + LayerNormalization back into the slower SkipLayerNormalization
+SESSION_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 _BERT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra", "mpnet"}
 
 
@@ -129,8 +150,9 @@ def _pooled_module(model):
 
 def export_onnx(folder, out) -> Path:
     """Export the transformer in `folder` (a local HF model folder) with the pooling in the graph to `out`, fp32,
-    atomically; BERT-family graphs are then fused by onnxruntime's transformer optimizer (attention, LayerNorm,
-    GELU), which the int8 graph builds on. Deterministic: the same weights give the same bytes."""
+    atomically; BERT-family graphs are then fused by onnxruntime's transformer optimizer (attention, GELU), with
+    the LayerNorms left as Add + LayerNormalization (see the notes above QUANTIZATION); the int8 graph builds on
+    this one. Deterministic: the same weights give the same bytes."""
     import io
 
     import torch
@@ -169,7 +191,7 @@ def _fuse_bert(data: bytes, config) -> bytes:
                           hidden_size=int(config.hidden_size), opt_level=0, use_gpu=False)
     if not any(op.domain == "com.microsoft" for op in fused.model.opset_import):  # the fused ops' domain
         fused.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    return fused.model.SerializeToString()
+    return unfuse_skip_layernorm(fused.model).SerializeToString()
 
 
 def quantize_onnx(src, out, folder=None, calibration=None) -> Path:
@@ -185,19 +207,22 @@ def quantize_onnx(src, out, folder=None, calibration=None) -> Path:
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = _unfuse_attention(onnx.load(str(src)))
+    model = unfuse_attention(onnx.load(str(src)))
     roles = matmul_roles(model)
-    split = [name for name, role in roles.items() if role in QUANTIZATION["per tensor, outliers fp32"]]
-    per_tensor = [name for name, role in roles.items() if role in QUANTIZATION["per tensor"]]
-    blockwise = [name for name, role in roles.items() if role in QUANTIZATION["blockwise"]]
-    if split:
-        inputs = {n.name: n.input[0] for n in model.graph.node if n.name in set(split)}
+    by_role = {kind: [name for name, role in roles.items() if role in QUANTIZATION[kind]]
+               for kind in ("smoothed, per tensor", "per tensor, outliers fp32", "per tensor", "blockwise")}
+    smooth, split = by_role["smoothed, per tensor"], by_role["per tensor, outliers fp32"]
+    per_tensor = by_role["per tensor"]
+    if smooth or split:
+        inputs = {n.name: n.input[0] for n in model.graph.node if n.name in set(smooth + split)}
         amax = channel_amax(model, sorted(set(inputs.values())), folder,
                             calibration_prompts() if calibration is None else calibration)
+        model, smoothed = smooth_inputs(model, {name: amax[inputs[name]] for name in smooth},
+                                        QUANTIZATION["smooth_alpha"])
         model, main = split_outliers(model, {name: amax[inputs[name]] for name in split},
                                      QUANTIZATION["outlier_channels"])
-        per_tensor = per_tensor + main
-    model = blockwise_int8(model, blockwise, QUANTIZATION["block_size"])
+        per_tensor = per_tensor + smoothed + main
+    model = blockwise_int8(model, by_role["blockwise"], QUANTIZATION["block_size"])
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quantize-") as tmp:
         staged, tmp_out = Path(tmp) / "staged.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(staged))
@@ -207,7 +232,9 @@ def quantize_onnx(src, out, folder=None, calibration=None) -> Path:
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
             tmp_out = staged
-        atomic_write_bytes(out, tmp_out.read_bytes())
+        # after quantizing: quantize_dynamic must not see the attention's own MatMuls as weight MatMuls' kin
+        final = plain_attention(onnx.load(str(tmp_out)))
+        atomic_write_bytes(out, final.SerializeToString())
     return out
 
 
@@ -240,7 +267,8 @@ def channel_amax(model, names, folder=None, prompts=()) -> dict:
         probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=SESSION_DISABLED_OPTIMIZERS)
     tok = Tokenizer.from_file(str(Path(default_model_path() if folder is None else folder) / "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(256)
@@ -252,159 +280,6 @@ def channel_amax(model, names, folder=None, prompts=()) -> dict:
             m = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
             amax[name] = m if amax[name] is None else np.maximum(amax[name], m)
     return amax
-
-
-def split_outliers(model, amax_by_node: dict, k: int):
-    """Each MatMul named in `amax_by_node` (input x [..., K], constant weight W [K, N]) becomes
-        Mul(x, m) @ W'  +  Gather(x, O) @ W[O]          (the sum is exactly x @ W in real arithmetic)
-    with O the k input channels of largest calibrated max |x| (amax_by_node[name] [K]), m zero on O, W' = W with the
-    rows O zeroed. The first product is the one quantized per tensor: without its outlier channels, one uint8 scale
-    for the input resolves the others ~5x finer; the second stays fp32 (k x N weights). O is chosen on max |x|
-    rounded to 1/16 octave (ties by channel order), so float noise in the calibration rarely changes it. Returns
-    (model, names of the first products' MatMuls)."""
-    from onnx import helper, numpy_helper
-
-    inits = {init.name: init for init in model.graph.initializer}
-    nodes, main = [], []
-    for node in model.graph.node:
-        if node.name not in amax_by_node:
-            nodes.append(node)
-            continue
-        x, w = node.input
-        W = numpy_helper.to_array(inits[w]).astype(np.float32)
-        level = np.round(np.log2(np.maximum(np.asarray(amax_by_node[node.name], dtype=np.float64), 1e-30)) * 16)
-        outliers = np.sort(np.lexsort((np.arange(W.shape[0]), -level))[:k]).astype(np.int64)
-        keep = np.ones(W.shape[0], dtype=np.float32)
-        keep[outliers] = 0
-        inner = W.copy()
-        inner[outliers] = 0
-        pre = f"{node.name}_outliers"
-        model.graph.initializer.extend([numpy_helper.from_array(keep, f"{pre}_keep"),
-                                        numpy_helper.from_array(outliers, f"{pre}_index"),
-                                        numpy_helper.from_array(W[outliers], f"{pre}_weight"),
-                                        numpy_helper.from_array(inner, f"{pre}_inner_weight")])
-        nodes += [helper.make_node("Mul", [x, f"{pre}_keep"], [f"{pre}_x_inner"], name=f"{pre}/Mul"),
-                  helper.make_node("MatMul", [f"{pre}_x_inner", f"{pre}_inner_weight"], [f"{pre}_y_inner"],
-                                   name=f"{node.name}/inner"),
-                  helper.make_node("Gather", [x, f"{pre}_index"], [f"{pre}_x"], name=f"{pre}/Gather", axis=-1),
-                  helper.make_node("MatMul", [f"{pre}_x", f"{pre}_weight"], [f"{pre}_y"], name=f"{pre}/MatMul"),
-                  helper.make_node("Add", [f"{pre}_y_inner", f"{pre}_y"], list(node.output), name=f"{pre}/Add")]
-        main.append(f"{node.name}/inner")
-        if sum(w in n.input for n in model.graph.node) == 1:
-            model.graph.initializer.remove(inits[w])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model, main
-
-
-def _unfuse_attention(model):
-    """Each fused Attention node (input, packed QKV weight [D, 3D], bias, mask) becomes MatMul(input, weight) ->
-    Split -> MultiHeadAttention(q, k, v, bias, mask): the same arithmetic, with the QKV projection a plain MatMul
-    that can be quantized like the others (Attention's own int8 form quantizes its input per tensor)."""
-    from onnx import helper, numpy_helper
-
-    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type != "Attention" or node.domain != "com.microsoft" or len(node.input) < 3:
-            nodes.append(node)
-            continue
-        x, weight, bias = node.input[:3]
-        mask = node.input[3] if len(node.input) > 3 else ""
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if set(attrs) - {"num_heads", "mask_filter_value", "scale"} or len(node.input) > 4 \
-                or len(shapes.get(weight, ())) != 2 or shapes[weight][1] % 3:
-            nodes.append(node)  # a form MultiHeadAttention does not take (past state, attention bias, ...)
-            continue
-        hidden = shapes[weight][1] // 3
-        qkv = f"{node.name}_qkv"
-        sizes = numpy_helper.from_array(np.array([hidden] * 3, dtype=np.int64), f"{node.name}_qkv_sizes")
-        model.graph.initializer.append(sizes)
-        q, k, v = (f"{node.name}_{part}" for part in "qkv")
-        nodes.append(helper.make_node("MatMul", [x, weight], [qkv], name=f"{node.name}/qkv/MatMul"))
-        nodes.append(helper.make_node("Split", [qkv, sizes.name], [q, k, v], name=f"{node.name}/qkv/Split", axis=-1))
-        nodes.append(helper.make_node("MultiHeadAttention", [q, k, v, bias] + ([mask] if mask else []),
-                                      list(node.output), name=node.name, domain="com.microsoft", **attrs))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
-def matmul_roles(model) -> dict:
-    """{MatMul node name: role} for the MatMuls with a constant 2-D weight, by where they sit in a BERT layer:
-    "qkv" (feeds the attention through a Split), "out" (the attention's output projection), "up" (feeds the
-    GELU), "down" (takes the GELU's output); "other" for anything else (the pooling MatMul has no weight)."""
-    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    attention = {"MultiHeadAttention", "Attention"}
-    gelu = {"BiasGelu", "Gelu", "FastGelu"}
-    roles = {}
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or len(node.input) != 2 or len(shapes.get(node.input[1], ())) != 2:
-            continue
-        src = producer.get(node.input[0])
-        users = consumers.get(node.output[0], [])
-        if any(u.op_type == "Split" and any(c.op_type in attention for o in u.output for c in consumers.get(o, []))
-               for u in users):
-            roles[node.name] = "qkv"
-        elif src is not None and src.op_type in attention:
-            roles[node.name] = "out"
-        elif any(u.op_type in gelu for u in users):
-            roles[node.name] = "up"
-        elif src is not None and src.op_type in gelu:
-            roles[node.name] = "down"
-        else:
-            roles[node.name] = "other"
-    return roles
-
-
-def blockwise_int8(model, names, block_size: int):
-    """The MatMuls `names` (constant weight [K, N]) as com.microsoft MatMulNBits, 8 bits: each run of block_size
-    weights along K of one output column shares a float scale, symmetric (q = round(w / scale) + 128, scale =
-    max|w| / 127, the default zero point 128); accuracy_level 4 lets onnxruntime quantize the input the same way,
-    per row and block, and multiply in int8 (a per-tensor input scale loses the channels next to an outlier one).
-    Plain numpy, so the bytes depend on the fp32 weights only."""
-    from onnx import helper, numpy_helper
-
-    names = set(names)
-    inits = {init.name: init for init in model.graph.initializer}
-    uses: dict = {}
-    for n in model.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    nodes = []
-    for node in model.graph.node:
-        if node.name not in names:
-            nodes.append(node)
-            continue
-        w = inits[node.input[1]]
-        W = numpy_helper.to_array(w).astype(np.float32)
-        K, N = W.shape
-        blocks = -(-K // block_size)
-        padded = np.zeros((blocks * block_size, N), dtype=np.float32)
-        padded[:K] = W
-        grouped = padded.T.reshape(N, blocks, block_size)
-        scale = (np.abs(grouped).max(axis=2) / np.float32(127)).astype(np.float32)
-        safe = np.where(scale > 0, scale, np.float32(1))
-        q = (np.clip(np.rint(grouped / safe[:, :, None]), -127, 127) + 128).astype(np.uint8)
-        qw = numpy_helper.from_array(q, f"{w.name}_int8_blocks")
-        qs = numpy_helper.from_array(scale, f"{w.name}_int8_scales")
-        model.graph.initializer.extend([qw, qs])
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], qw.name, qs.name], list(node.output),
-                                      name=f"{node.name}_int8", domain="com.microsoft", K=K, N=N, bits=8,
-                                      block_size=block_size, accuracy_level=4))
-        uses[w.name] -= 1
-        if uses[w.name] == 0:
-            model.graph.initializer.remove(w)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    if names and not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model
 
 
 _EXPORT_LOCK = threading.Lock()
@@ -501,7 +376,8 @@ class OnnxEncoder:
             options.intra_op_num_threads = self.num_threads
             # no spinning between runs: a waiting thread would burn a core another worker needs
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=SESSION_DISABLED_OPTIMIZERS)
         names = [i.name for i in self.session.get_inputs()]
         if names != ["input_ids", "attention_mask", "pool_mask"]:
             raise ValueError(f"{self.onnx_path}: graph inputs {names}, expected input_ids, attention_mask, pool_mask")

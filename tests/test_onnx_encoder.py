@@ -117,28 +117,153 @@ def _graph(path):
 
 
 def test_int8_graph_quantizes_every_weight_matmul():
-    """The recipe as QUANTIZATION states it: the 24 weight MatMuls int8 per tensor, the QKV, up- and down-projections
-    each with OUTLIER_CHANNELS input channels split off into an fp32 MatMul; no other fp32 weight MatMul (the
-    pooling MatMul has no weight)."""
+    """The recipe as QUANTIZATION states it: the 24 weight MatMuls int8 per tensor; QKV and up-projections smoothed
+    (one Mul each, no fp32 weight MatMul), the down-projections with OUTLIER_CHANNELS input channels split off into
+    an fp32 MatMul; attention in plain ops, LayerNorms unfused."""
     from collections import Counter
 
     from onnx import numpy_helper
 
     from routoo_fast.encoder import default_model_path
-    from routoo_fast.onnx_encoder import OUTLIER_CHANNELS, QUANTIZATION, _unfuse_attention, matmul_roles, onnx_paths
+    from routoo_fast.onnx_encoder import OUTLIER_CHANNELS, QUANTIZATION, onnx_paths
+    from routoo_fast.onnx_graph import matmul_roles, unfuse_attention
 
     fp32, int8 = onnx_paths(default_model_path(), onnx_cache_dir())
-    roles = Counter(matmul_roles(_unfuse_attention(_graph(fp32))).values())
+    roles = Counter(matmul_roles(unfuse_attention(_graph(fp32))).values())
     assert roles == {"qkv": 6, "out": 6, "up": 6, "down": 6}
     model = _graph(int8)
     ops = Counter(n.op_type for n in model.graph.node)
     assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] == 24 and ops["MatMulNBits"] == 0
-    assert ops["Attention"] == 0 and ops["MultiHeadAttention"] == 6
+    assert ops["Attention"] == ops["MultiHeadAttention"] == ops["SkipLayerNormalization"] == 0
+    assert ops["LayerNormalization"] == 12 and ops["Softmax"] == 6
     split = sum(roles[r] for r in QUANTIZATION["per tensor, outliers fp32"])
+    smoothed = sum(roles[r] for r in QUANTIZATION["smoothed, per tensor"])
+    assert split == 6 and smoothed == 12
+    assert sum(n.op_type == "Mul" and n.name.endswith("_smooth/Mul") for n in model.graph.node) == smoothed
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     fp32_weights = [inits[n.input[1]].shape for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
     assert len(fp32_weights) == split and all(shape[0] == OUTLIER_CHANNELS for shape in fp32_weights)
-    assert ops["MatMul"] == split + 1  # + the pooling
+    assert ops["MatMul"] == split + 2 * 6 + 1  # + the attention's two products per layer + the pooling
+
+
+def test_fp32_graph_has_plain_layernorms_and_sessions_keep_them(tmp_path):
+    """The exported fp32 graph carries Add + LayerNormalization, not SkipLayerNormalization; a session opened with
+    SESSION_DISABLED_OPTIMIZERS keeps them so, while a default session would fuse them back (so the option's
+    name is the one onnxruntime knows)."""
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from routoo_fast.encoder import default_model_path
+    from routoo_fast.onnx_encoder import SESSION_DISABLED_OPTIMIZERS, onnx_paths
+
+    fp32 = onnx_paths(default_model_path(), onnx_cache_dir())[0]
+    ops = Counter(n.op_type for n in _graph(fp32).graph.node)
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 12 and ops["Attention"] == 6
+
+    def optimized(disabled):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
+        ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return Counter(n.op_type for n in _graph(options.optimized_model_filepath).graph.node)
+
+    assert optimized(SESSION_DISABLED_OPTIMIZERS)["SkipLayerNormalization"] == 0
+    assert optimized([])["SkipLayerNormalization"] == 12
+
+
+def _one_op_model(nodes, inputs, outputs, inits, ms_domain=False):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if ms_domain else [])
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_unfused_skip_layernorm_is_the_same_arithmetic():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from routoo_fast.onnx_graph import unfuse_skip_layernorm
+
+    rng = np.random.default_rng(2)
+    D = 16
+    inits = [numpy_helper.from_array(rng.standard_normal(D).astype(np.float32), n) for n in ("g", "b", "bias")]
+    node = helper.make_node("SkipLayerNormalization", ["x", "s", "g", "b", "bias"], ["y"], name="sln",
+                            domain="com.microsoft", epsilon=1e-12)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "t", D]) for n in ("x", "s", "y")]
+    model = _one_op_model([node], io[:2], io[2:], inits, ms_domain=True)
+    feed = {"x": rng.standard_normal((2, 5, D)).astype(np.float32) * 3,
+            "s": rng.standard_normal((2, 5, D)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    plain = unfuse_skip_layernorm(model)
+    assert [n.op_type for n in plain.graph.node] == ["Add", "Add", "LayerNormalization"]
+    got = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"],
+                               disabled_optimizers=["SkipLayerNormFusion"]).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_attention_computes_what_multihead_attention_does(tmp_path):
+    """The fp32 graph with its attention split into QKV MatMul + MultiHeadAttention, and then written in plain ops,
+    gives the same pooled encodings within float tolerance, padded batches included."""
+    import onnx
+    import onnxruntime as ort
+
+    from routoo_fast.encoder import default_model_path
+    from routoo_fast.onnx_encoder import SESSION_DISABLED_OPTIMIZERS, onnx_paths
+    from routoo_fast.onnx_graph import plain_attention, unfuse_attention
+
+    fp32 = onnx_paths(default_model_path(), onnx_cache_dir())[0]
+    mha = unfuse_attention(_graph(fp32))
+    onnx.save(mha, str(tmp_path / "mha.onnx"))
+    plain = plain_attention(_graph(tmp_path / "mha.onnx"))
+    assert not any(n.op_type == "MultiHeadAttention" for n in plain.graph.node)
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    feed = _padded_feed(MORE[:5])
+    want, got = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"],
+                                      disabled_optimizers=SESSION_DISABLED_OPTIMIZERS).run(None, feed)[0]
+                 for f in ("mha.onnx", "plain.onnx"))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def _padded_feed(prompts):
+    enc = onnx_encoder(False)
+    ids = enc.token_ids(prompts)
+    width = max(len(x) for x in ids)
+    x = np.full((len(ids), width), enc.pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for i, row in enumerate(ids):
+        x[i, :len(row)], mask[i, :len(row)] = row, 1
+    assert not mask.all()  # some rows padded
+    return {"input_ids": x, "attention_mask": mask, "pool_mask": mask.astype(np.float32)}
+
+
+def test_smoothing_is_the_same_product():
+    """x @ W = Mul(x, 1/s) @ (s W) in fp32; the large input channels are the ones scaled down."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from routoo_fast.onnx_graph import smooth_inputs, smoothing_scales
+
+    rng = np.random.default_rng(3)
+    K, N = 32, 12
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    amax = np.ones(K)
+    amax[[4, 9]] = [30.0, 12.0]
+    model = _one_op_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", K])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", N])],
+                          [numpy_helper.from_array(W, "w")])
+    smoothed, names = smooth_inputs(model, {"mm": amax}, 0.6)
+    assert names == ["mm"] and [n.op_type for n in smoothed.graph.node] == ["Mul", "MatMul"]
+    assert "w" not in {i.name for i in smoothed.graph.initializer}
+    inv = numpy_helper.to_array([i for i in smoothed.graph.initializer if i.name.endswith("inv_scale")][0])
+    assert inv[4] < inv[9] < np.median(inv)  # the outliers shrink most
+    x = rng.standard_normal((6, K)).astype(np.float32) * amax.astype(np.float32)
+    got = ort.InferenceSession(smoothed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ W, rtol=1e-4, atol=1e-4)
+    s = smoothing_scales(amax, W, 0.6)
+    assert abs(float(np.mean(np.log(s)))) < 1e-5 and s.dtype == np.float32
 
 
 def test_outlier_split_is_the_same_product():
@@ -146,7 +271,7 @@ def test_outlier_split_is_the_same_product():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from routoo_fast.onnx_encoder import split_outliers
+    from routoo_fast.onnx_graph import split_outliers
 
     rng = np.random.default_rng(1)
     K, N, k = 48, 20, 4
@@ -191,21 +316,16 @@ def test_unfused_attention_computes_what_the_fused_one_does(tmp_path):
     import onnxruntime as ort
 
     from routoo_fast.encoder import default_model_path
-    from routoo_fast.onnx_encoder import _unfuse_attention, onnx_paths
+    from routoo_fast.onnx_encoder import SESSION_DISABLED_OPTIMIZERS, onnx_paths
+    from routoo_fast.onnx_graph import unfuse_attention
 
     fp32 = onnx_paths(default_model_path(), onnx_cache_dir())[0]
     split = tmp_path / "split.onnx"
-    onnx.save(_unfuse_attention(_graph(fp32)), str(split))
-    enc = onnx_encoder(False)
-    ids = enc.token_ids(MORE[:4])
-    width = max(len(x) for x in ids)
-    x = np.full((len(ids), width), enc.pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for i, row in enumerate(ids):
-        x[i, :len(row)], mask[i, :len(row)] = row, 1
-    feed = {"input_ids": x, "attention_mask": mask, "pool_mask": mask.astype(np.float32)}
-    want = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    got = ort.InferenceSession(str(split), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    onnx.save(unfuse_attention(_graph(fp32)), str(split))
+    feed = _padded_feed(MORE[:4])
+    want, got = (ort.InferenceSession(str(f), providers=["CPUExecutionProvider"],
+                                      disabled_optimizers=SESSION_DISABLED_OPTIMIZERS).run(None, feed)[0]
+                 for f in (fp32, split))
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
 
 
@@ -216,7 +336,7 @@ def test_blockwise_int8_is_a_close_matmul(K, N, block):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from routoo_fast.onnx_encoder import blockwise_int8
+    from routoo_fast.onnx_graph import blockwise_int8
 
     rng = np.random.default_rng(K)
     W = rng.standard_normal((K, N)).astype(np.float32)
