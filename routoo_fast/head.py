@@ -87,26 +87,46 @@ class ScoringHead(nn.Module):
 
     def probs_numpy(self, pooled) -> np.ndarray:
         """`probs` in numpy on the CPU, float32 [B, N] from pooled float32 [B, D]: the same math on the same
-        weights (views, so always current), for small batches where torch's per-op overhead is most of the head's
-        time (~0.1-0.2 ms per call at batch 1). gelu and sigmoid come from scipy.special (erf, expit)."""
+        weights, for small batches where torch's per-op overhead is most of the head's time (~0.1-0.2 ms per call
+        at batch 1). gelu and sigmoid come from scipy.special (erf, expit). The weights are numpy views of the
+        parameters (shared memory: training in place shows at once), made once and kept (`_numpy_weights`)."""
         from scipy.special import erf, expit
 
-        if self.E.device.type != "cpu":
-            raise RuntimeError(f"probs_numpy needs the head on the CPU, it is on {self.E.device}")
         x = np.asarray(pooled)
         if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != self.d_in:
             raise ValueError(f"pooled must be float32 [B, {self.d_in}], got {x.dtype} {list(x.shape)}")
-        view = lambda t: t.detach().numpy()  # noqa: E731  (shares memory with the parameter)
+        W1T, b1, ET, b = self._numpy_weights()
         z = x
-        if self.W1 is not None:
-            z = x @ view(self.W1).T + view(self.b1)
+        if W1T is not None:
+            z = x @ W1T + b1
             if self.act == "gelu":  # the exact erf form, as torch's default gelu
                 z = 0.5 * z * (1.0 + erf(z * np.float32(1.0 / math.sqrt(2.0))))
             elif self.act == "relu":
                 z = np.maximum(z, 0.0)
             elif self.act == "tanh":
                 z = np.tanh(z)
-        return expit(z @ view(self.E).T + view(self.b)).astype(np.float32, copy=False)
+        return expit(z @ ET + b).astype(np.float32, copy=False)
+
+    def _numpy_weights(self) -> tuple:
+        """(W1^T, b1, E^T, b) as numpy views of the parameters. Made on first use and kept while the same Parameter
+        objects are in place: making them goes through torch (~50 us per call measured right after an onnxruntime
+        run, its code cold in the caches, a quarter of a 9-token route's overhead); checking is plain Python.
+        Module.to/.float/... (`_apply`, which may swap a parameter's storage) drop them."""
+        params = self._parameters
+        kept = self.__dict__.get("_numpy_cache")
+        if kept is not None and all(params[k] is p for k, p in kept[0].items()):
+            return kept[1]
+        if self.E.device.type != "cpu" or self.E.dtype != torch.float32:
+            raise RuntimeError(f"probs_numpy needs a float32 head on the CPU, it is {self.E.dtype} on {self.E.device}")
+        view = lambda t: None if t is None else t.detach().numpy()  # noqa: E731  (shares memory with the parameter)
+        W1 = view(self.W1)
+        arrays = (None if W1 is None else W1.T, view(self.b1), view(self.E).T, view(self.b))
+        self.__dict__["_numpy_cache"] = ({k: params[k] for k in ("W1", "b1", "E", "b")}, arrays)
+        return arrays
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_numpy_cache", None)
+        return super()._apply(fn, *args, **kwargs)
 
     def scoring_weights(self) -> dict:
         """The keyword arguments `pool_score` takes: W1, b1, E, b (detached) and act."""

@@ -107,3 +107,30 @@ def test_probs_numpy_refuses_the_wrong_input():
         head.probs_numpy(np.zeros((1, 4), dtype=np.float64))
     with pytest.raises(ValueError, match=r"\[B, 4\]"):
         head.probs_numpy(np.zeros((1, 5), dtype=np.float32))
+
+
+def test_probs_numpy_follows_the_parameters():
+    """The kept numpy weights are views: an in-place update shows at once; a replaced parameter or a dtype
+    round trip (Module.to may swap storage) is picked up; a float64 head is refused, not silently cast."""
+    torch.manual_seed(0)
+    head = ScoringHead(6, 3, hidden=4)
+    x = torch.randn(2, 6)
+
+    def check():
+        with torch.no_grad():
+            np.testing.assert_allclose(head.probs_numpy(x.numpy()), head.probs(x).numpy(), rtol=1e-5, atol=1e-6)
+
+    check()
+    with torch.no_grad():
+        head.W1.mul_(3.0)  # training updates in place
+        head.b.add_(0.5)
+    check()
+    head.E = torch.nn.Parameter(torch.randn(3, 4))
+    check()
+    head.to(torch.float64)
+    with pytest.raises(RuntimeError, match="float32 head on the CPU"):
+        head.probs_numpy(x.numpy())
+    head.to(torch.float32)
+    with torch.no_grad():
+        head.b1.add_(1.0)
+    check()
