@@ -165,3 +165,19 @@ def test_simplex_weights_pick_the_informative_part_and_platt_undoes_a_distortion
     squashed = 1 / (1 + np.exp(-0.3 * np.log(p / (1 - p))))  # overconfident made underconfident
     a, c = cv.platt_scaling(squashed, y)
     assert (a > 2).all()  # the fitted slope undoes the 0.3 squash (toward 1 / 0.3)
+
+
+def test_knnfeat_feeds_the_head_leave_one_out_rates():
+    """fit_knnfeat's head sees [x, kNN rates]: on a pool whose outcomes follow the neighbourhood it predicts at
+    least as well as the prompt-blind prior, its Q is [B, N] in (0, 1), and it reuses the fold's kNN fit."""
+    ds, x, prices = _synthetic_dataset(P=200)
+    t = ds.table
+    rows = np.arange(t.n_prompts)
+    tr, va, te = rows[:140], rows[140:170], rows[170:]
+    memo: dict = {}
+    predict = cv.fit_knnfeat(x, t.scores, tr, va, None, memo)
+    assert "knn" in memo
+    Q = predict(x[te])
+    assert Q.shape == (te.size, t.scores.shape[1]) and np.all((Q > 0) & (Q < 1))
+    prior = np.tile(np.nanmean(t.scores[tr], 0), (te.size, 1))
+    assert cv._log_loss(Q, t.scores[te]) < cv._log_loss(prior, t.scores[te])

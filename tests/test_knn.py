@@ -57,3 +57,27 @@ def test_bad_input():
         KNNPredictor().fit(np.ones((3, 2)), np.ones((3, 1))).predict(np.ones((1, 4)))
     with pytest.raises(RuntimeError, match="fit"):
         KNNPredictor().predict(np.ones((1, 2)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 25), st.integers(1, 6), st.integers(0, 10_000))
+def test_leave_one_out_equals_refitting_without_the_row(p, k, seed):
+    """predict(x, exclude=rows) of the training rows themselves = each row's kNN over the other rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(p, 4))
+    y = (rng.random((p, 2)) < 0.5).astype(np.float32)
+    y[rng.random((p, 2)) < 0.2] = np.nan
+    got = KNNPredictor(k=k, block_size=3).fit(x, y).predict(x, exclude=np.arange(p))
+    for i in range(p):
+        rest = np.delete(np.arange(p), i)
+        np.testing.assert_allclose(got[i], knn_reference(x[rest], y[rest], x[i:i + 1], k)[0], atol=1e-6)
+
+
+def test_exclude_is_checked():
+    knn = KNNPredictor(k=2).fit(np.eye(3), np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="exclude must be int row indices"):
+        knn.predict(np.eye(3), exclude=np.array([0, 1]))
+    with pytest.raises(ValueError, match="exclude must be int row indices"):
+        knn.predict(np.eye(3), exclude=np.array([0, 1, 3]))
+    with pytest.raises(ValueError, match="no training row"):
+        KNNPredictor(k=2).fit(np.eye(1, 3), np.zeros((1, 1))).predict(np.eye(1, 3), exclude=np.array([0]))

@@ -207,14 +207,31 @@ def platt_scaling(q_val: np.ndarray, y_val: np.ndarray, ridge: float = 1e-2, ite
     return a, c
 
 
+def fit_knnfeat(x, scores, tr, va, groups=None, memo=None) -> Predict:
+    """The recipe's head on [encoding, kNN outcome rates] (the kNN baseline's k; the rates of the train and val
+    prompts leave-one-out among train + val, of a new prompt from all of them)."""
+    from routoo_fast.train.knn import KNNPredictor
+    from routoo_fast.train.recipe import fit_recipe
+
+    knn = _knn_fit({} if memo is None else memo, x, scores, tr, va)
+    pool = np.concatenate([tr, va])
+    ref = KNNPredictor(knn.k).fit(x[pool], scores[pool])
+    rates = np.zeros((x.shape[0], scores.shape[1]), dtype=np.float32)
+    rates[pool] = ref.predict(x[pool], exclude=np.arange(pool.size))
+    head = fit_recipe(np.concatenate([x, rates], axis=1), scores, tr, va, groups=groups).head
+    with_rates = _head_predict(head)
+    return lambda xb: with_rates(np.concatenate([xb, ref.predict(xb)], axis=1))
+
+
 PREDICTORS: dict[str, FitPredictor] = {
     "routoo": fit_routoo, "kNN": fit_knn, "MF": fit_mf,
     "stack": fit_stack,
     "mean3": fit_mean3,
     "platt": fit_platt,
+    "knnfeat": fit_knnfeat,
 }
 BASELINES = ("kNN", "MF")
-CANDIDATES = ("stack", "mean3", "platt")  # tried for issue 11; docstrings say what each is
+CANDIDATES = ("stack", "mean3", "platt", "knnfeat")  # tried for issue 11; docstrings say what each is
 
 
 # -------------------------------------------------------------------------------------------------- scoring

@@ -54,29 +54,47 @@ class KNNPredictor:
         self._fallback = np.where(counts > 0, self._y0.sum(0) / np.maximum(counts, 1), 0.5).astype(np.float32)
         return self
 
-    def neighbours(self, features) -> np.ndarray:
-        """Indices [B, k'] (k' = min(k, P)) of each query's nearest training rows, most similar first."""
+    def neighbours(self, features, exclude=None) -> np.ndarray:
+        """Indices [B, k'] (k' = min(k, P), or min(k, P - 1) with `exclude`) of each query's nearest training rows,
+        most similar first. exclude: int [B], a training row each query may not use (its own row: leave-one-out
+        rates of the training prompts themselves), or None."""
         if self._x is None:
             raise RuntimeError("KNNPredictor.fit must be called before predict")
         q = _unit_rows(features, "features")
         if q.shape[1] != self._x.shape[1]:
             raise ValueError(f"features have D = {q.shape[1]}, the fitted data has D = {self._x.shape[1]}")
-        k = min(self.k, self._x.shape[0])
+        if exclude is not None:
+            exclude = np.asarray(exclude)
+            if exclude.shape != (q.shape[0],) or not np.issubdtype(exclude.dtype, np.integer) \
+                    or (exclude.size and (exclude.min() < 0 or exclude.max() >= self._x.shape[0])):
+                raise ValueError(f"exclude must be int row indices [{q.shape[0]}] into the {self._x.shape[0]} "
+                                 "training rows")
+        k = min(self.k, self._x.shape[0] - (exclude is not None))
+        if k < 1:
+            raise ValueError("exclude leaves no training row to be a neighbour")
         out = np.empty((q.shape[0], k), dtype=np.int64)
         for s in range(0, q.shape[0], self.block_size):
             sim = q[s:s + self.block_size] @ self._x.T  # [b, P]
+            if exclude is not None:
+                sim[np.arange(sim.shape[0]), exclude[s:s + self.block_size]] = -np.inf
             top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else \
                 np.broadcast_to(np.arange(sim.shape[1]), sim.shape).copy()
             order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
             out[s:s + self.block_size] = np.take_along_axis(top, order, axis=1)
         return out
 
-    def predict(self, features) -> np.ndarray:
-        """Mean neighbour outcome per model, [B, N] float32 (see the module docstring for missing outcomes)."""
-        idx = self.neighbours(features)  # [B, k]
+    def predict(self, features, exclude=None) -> np.ndarray:
+        """Mean neighbour outcome per model, [B, N] float32 (see the module docstring for missing outcomes);
+        exclude: as `neighbours`."""
+        idx = self.neighbours(features, exclude)  # [B, k]
         total = self._y0[idx].sum(1)  # [B, N]
         count = self._observed[idx].sum(1)
-        return np.where(count > 0, total / np.maximum(count, 1), self._fallback).astype(np.float32)
+        fallback = self._fallback
+        if exclude is not None:  # the training mean without the excluded row, as if refitted without it
+            rest_total = self._y0.sum(0) - self._y0[exclude]
+            rest_count = self._observed.sum(0) - self._observed[exclude]
+            fallback = np.where(rest_count > 0, rest_total / np.maximum(rest_count, 1), np.float32(0.5))
+        return np.where(count > 0, total / np.maximum(count, 1), fallback).astype(np.float32)
 
 
 def choose_knn_k(features, scores, fit_idx, val_idx, grid=KNN_GRID) -> int:
