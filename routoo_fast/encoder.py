@@ -65,10 +65,12 @@ def weights_digest(folder) -> str:
 
 def check_prompts(prompts, name: str = "prompts") -> list[str]:
     """A non-empty list of str, or a clear TypeError/ValueError naming the bad element."""
-    if isinstance(prompts, (str, bytes)):
+    if type(prompts) is list:  # the common case, without the ABC check below
+        pass
+    elif isinstance(prompts, (str, bytes)):
         raise TypeError(f"{name} must be a list of strings, got a single {type(prompts).__name__}; "
                         "wrap one prompt in a list")
-    if prompts is None or not isinstance(prompts, Sequence):
+    elif prompts is None or not isinstance(prompts, Sequence):
         raise TypeError(f"{name} must be a list of strings, got {type(prompts).__name__}")
     if len(prompts) == 0:
         raise ValueError(f"{name} is empty: pass at least one prompt")

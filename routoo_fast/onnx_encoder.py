@@ -423,7 +423,9 @@ class OnnxEncoder:
     # --- encoding -----------------------------------------------------------------------------------------------
     def token_ids(self, prompts) -> list[list[int]]:
         """Token ids per prompt: the first max_chars characters, tokenized, truncated to max_length tokens."""
-        prompts = check_prompts(prompts)
+        return self._token_ids(check_prompts(prompts))
+
+    def _token_ids(self, prompts: list[str]) -> list[list[int]]:
         texts = [p if len(p) <= self.max_chars else p[:self.max_chars] for p in prompts]
         if len(texts) == 1:
             ids = [self.tokenizer.encode(texts[0]).ids]
@@ -433,11 +435,12 @@ class OnnxEncoder:
 
     def encode(self, prompts) -> np.ndarray:
         """Pooled encodings np.float32 [B, D] in the order of `prompts`."""
-        prompts = check_prompts(prompts)
-        ids = self.token_ids(prompts)
+        ids = self._token_ids(check_prompts(prompts))
         if len(ids) == 1:  # the latency path: no sorting, no padding
-            x = np.asarray(ids, dtype=np.int64)
+            x = np.array(ids, dtype=np.int64)
             n = x.shape[1]
+            if self.pooling == "mean":  # the masks are views of preallocated ones
+                return self._run(x, self._one[:, :n], self._one_f[:, :n])
             return self._run(x, self._one[:, :n], self._pool_mask(self._one[:, :n]))
         out = np.empty((len(ids), self.hidden_size), dtype=np.float32)
         if self.quantized:

@@ -358,7 +358,7 @@ def _check_prompts(prompts) -> list[str]:
     """A single str becomes [str]; otherwise a non-empty sequence of str, or a clear TypeError/ValueError."""
     if isinstance(prompts, str):
         return [prompts]
-    if isinstance(prompts, bytes) or not isinstance(prompts, Sequence):
+    if type(prompts) is not list and (isinstance(prompts, bytes) or not isinstance(prompts, Sequence)):
         raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
     if len(prompts) == 0:
         raise ValueError("prompts is empty: pass at least one prompt")
