@@ -9,6 +9,9 @@ Groups, each with the backends torch / onnx / onnx-int8 at 1 thread and at all t
   "session B=1 short" the onnxruntime session's own run for the 9-token prompt (no tokenizing, no head, no
                       selector): the floor the issue's "route within 1.3x of the session" is measured against;
   "session B=1 mmlu"  the same for the MMLU question (how much of its route is the encoder's arithmetic)
+  "route/session"     the 9-token session run and its route alternated in one loop (400 pairs), each timed: the
+                      ratio of their medians, which machine drift between the two groups above cannot move (on a
+                      shared machine the separate groups' ratio moved by 0.05-0.1 between runs)
 extra_info: p50_ms and p99_ms of the rounds, prompts_per_s (throughput next to time), tokens, threads, load1 (the
 1-minute load average when the case ended: on a shared machine, compare ratios within a run). The summary
 (and $ROUTOO_BENCH_SUMMARY as JSON when set) gives the medians and the ratios of the issue's targets: batch-1 route
@@ -116,6 +119,36 @@ def test_session_batch1(benchmark, routers, prompts, backend, threads, kind):
     _record(benchmark, f"session B=1 {kind}", backend, threads, 1, prompts["tokens"][kind])
 
 
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_route_over_session_interleaved(benchmark, routers, prompts, backend, threads):
+    import time
+
+    router = routers(backend, threads)
+    encoder = router.predictor.encoder
+    ids = np.asarray(encoder.token_ids([prompts["short"]]), dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "pool_mask": np.ones(ids.shape, np.float32)}
+    batch, times = [prompts["short"]], {"session": [], "route": []}
+
+    def pair():
+        a = time.perf_counter()
+        encoder.session.run(None, feed)
+        b = time.perf_counter()
+        router.route(batch, POLICY)
+        times["session"].append(b - a)
+        times["route"].append(time.perf_counter() - b)
+
+    benchmark.group = f"route/session B=1 short, {threads} thread(s)"
+    benchmark.pedantic(pair, rounds=400, iterations=1, warmup_rounds=20)
+    session_ms, route_ms = (float(np.median(times[k][20:])) * 1e3 for k in ("session", "route"))
+    benchmark.extra_info.update({"session_p50_ms": session_ms, "route_p50_ms": route_ms,
+                                 "route_over_session": route_ms / session_ms})
+    RESULTS[("route/session short", backend, threads)] = {
+        "p50_ms": route_ms, "p99_ms": float(np.percentile(times["route"][20:], 99)) * 1e3,
+        "prompts_per_s": 1e3 / route_ms, "load1": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+        "session_p50_ms": session_ms, "route_over_session": route_ms / session_ms, "tokens": 9, "threads": threads}
+
+
 def _summary() -> None:
     if not RESULTS:
         return
@@ -133,7 +166,11 @@ def _summary() -> None:
             route, session = RESULTS.get(("B=1 short", backend, threads)), RESULTS.get(("session B=1 short", backend,
                                                                                         threads))
             if route and session:
-                ratios[f"B=1 short route/session {backend}, {threads} thr"] = route["p50_ms"] / session["p50_ms"]
+                ratios[f"B=1 short route/session {backend}, {threads} thr (separate groups)"] = \
+                    route["p50_ms"] / session["p50_ms"]
+            paired = RESULTS.get(("route/session short", backend, threads))
+            if paired:
+                ratios[f"B=1 short route/session {backend}, {threads} thr (interleaved)"] = paired["route_over_session"]
     lines += [f"{name}: {value:.2f}x" for name, value in ratios.items()]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load:
