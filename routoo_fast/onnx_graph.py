@@ -201,7 +201,8 @@ def plain_attention(model, mask_input: str = "attention_mask"):
         Q = (q + bq) / sqrt(d), K = k + bk, V = v + bv, each reshaped [b, T, H, d] and moved to [b, H, T, d]
         out = softmax(Q K^T + M) V   back to [b, T, D],   M[b, 1, 1, t] = -10000 where mask_input[b, t] == 0
     The key-padding mask comes from the graph input `mask_input` (0/1 [b, T]), which is what the key lengths the
-    fused op takes were computed from (right padding), so padded keys get no weight either way."""
+    fused op takes were computed from (right padding), so padded keys get no weight either way. A graph without
+    that input is returned unchanged."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -209,8 +210,8 @@ def plain_attention(model, mask_input: str = "attention_mask"):
     ok = [n for n in targets if len(n.input) >= 4 and n.input[3] in inits
           and not set(a.name for a in n.attribute) - {"num_heads", "scale", "mask_filter_value"}
           and len([o for o in n.output if o]) == 1]
-    if not ok:
-        return model
+    if not ok or mask_input not in {i.name for i in model.graph.input}:
+        return model  # nothing to rewrite, or no key-padding mask to rebuild the additive mask from
 
     def const(name, value):
         model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))

@@ -218,6 +218,8 @@ def test_plain_attention_computes_what_multihead_attention_does(tmp_path):
     onnx.save(mha, str(tmp_path / "mha.onnx"))
     plain = plain_attention(_graph(tmp_path / "mha.onnx"))
     assert not any(n.op_type == "MultiHeadAttention" for n in plain.graph.node)
+    untouched = plain_attention(_graph(tmp_path / "mha.onnx"), mask_input="no_such_input")
+    assert sum(n.op_type == "MultiHeadAttention" for n in untouched.graph.node) == 6  # no mask input: left alone
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     feed = _padded_feed(MORE[:5])
     want, got = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"],
