@@ -27,14 +27,9 @@ def split_outliers(model, amax_by_node: dict, k: int):
     (model, names of the first products' MatMuls)."""
     from onnx import helper, numpy_helper
 
-    inits = {init.name: init for init in model.graph.initializer}
-    nodes, main = [], []
-    for node in model.graph.node:
-        if node.name not in amax_by_node:
-            nodes.append(node)
-            continue
-        x, w = node.input
-        W = numpy_helper.to_array(inits[w]).astype(np.float32)
+    main = []
+
+    def rewrite(node, x, W):
         level = np.round(np.log2(np.maximum(np.asarray(amax_by_node[node.name], dtype=np.float64), 1e-30)) * 16)
         outliers = np.sort(np.lexsort((np.arange(W.shape[0]), -level))[:k]).astype(np.int64)
         keep = np.ones(W.shape[0], dtype=np.float32)
@@ -42,23 +37,18 @@ def split_outliers(model, amax_by_node: dict, k: int):
         inner = W.copy()
         inner[outliers] = 0
         pre = f"{node.name}_outliers"
-        model.graph.initializer.extend([numpy_helper.from_array(keep, f"{pre}_keep"),
-                                        numpy_helper.from_array(outliers, f"{pre}_index"),
-                                        numpy_helper.from_array(W[outliers], f"{pre}_weight"),
-                                        numpy_helper.from_array(inner, f"{pre}_inner_weight")])
-        nodes += [helper.make_node("Mul", [x, f"{pre}_keep"], [f"{pre}_x_inner"], name=f"{pre}/Mul"),
-                  helper.make_node("MatMul", [f"{pre}_x_inner", f"{pre}_inner_weight"], [f"{pre}_y_inner"],
-                                   name=f"{node.name}/inner"),
-                  helper.make_node("Gather", [x, f"{pre}_index"], [f"{pre}_x"], name=f"{pre}/Gather", axis=-1),
-                  helper.make_node("MatMul", [f"{pre}_x", f"{pre}_weight"], [f"{pre}_y"], name=f"{pre}/MatMul"),
-                  helper.make_node("Add", [f"{pre}_y_inner", f"{pre}_y"], list(node.output), name=f"{pre}/Add")]
         main.append(f"{node.name}/inner")
-        if sum(w in n.input for n in model.graph.node) == 1:
-            model.graph.initializer.remove(inits[w])
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model, main
+        return ([helper.make_node("Mul", [x, f"{pre}_keep"], [f"{pre}_x_inner"], name=f"{pre}/Mul"),
+                 helper.make_node("MatMul", [f"{pre}_x_inner", f"{pre}_inner_weight"], [f"{pre}_y_inner"],
+                                  name=f"{node.name}/inner"),
+                 helper.make_node("Gather", [x, f"{pre}_index"], [f"{pre}_x"], name=f"{pre}/Gather", axis=-1),
+                 helper.make_node("MatMul", [f"{pre}_x", f"{pre}_weight"], [f"{pre}_y"], name=f"{pre}/MatMul"),
+                 helper.make_node("Add", [f"{pre}_y_inner", f"{pre}_y"], list(node.output), name=f"{pre}/Add")],
+                [numpy_helper.from_array(keep, f"{pre}_keep"), numpy_helper.from_array(outliers, f"{pre}_index"),
+                 numpy_helper.from_array(W[outliers], f"{pre}_weight"),
+                 numpy_helper.from_array(inner, f"{pre}_inner_weight")])
 
+    return _rewrite_weight_matmuls(model, amax_by_node, rewrite), main
 
 def unfuse_attention(model):
     """Each fused Attention node (input, packed QKV weight [D, 3D], bias, mask) becomes MatMul(input, weight) ->
@@ -88,8 +78,7 @@ def unfuse_attention(model):
         nodes.append(helper.make_node("Split", [qkv, sizes.name], [q, k, v], name=f"{node.name}/qkv/Split", axis=-1))
         nodes.append(helper.make_node("MultiHeadAttention", [q, k, v, bias] + ([mask] if mask else []),
                                       list(node.output), name=node.name, domain="com.microsoft", **attrs))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _set_nodes(model, nodes)
     return model
 
 
@@ -133,19 +122,7 @@ def blockwise_int8(model, names, block_size: int):
     Plain numpy, so the bytes depend on the fp32 weights only."""
     from onnx import helper, numpy_helper
 
-    names = set(names)
-    inits = {init.name: init for init in model.graph.initializer}
-    uses: dict = {}
-    for n in model.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    nodes = []
-    for node in model.graph.node:
-        if node.name not in names:
-            nodes.append(node)
-            continue
-        w = inits[node.input[1]]
-        W = numpy_helper.to_array(w).astype(np.float32)
+    def rewrite(node, x, W):
         K, N = W.shape
         blocks = -(-K // block_size)
         padded = np.zeros((blocks * block_size, N), dtype=np.float32)
@@ -154,21 +131,17 @@ def blockwise_int8(model, names, block_size: int):
         scale = (np.abs(grouped).max(axis=2) / np.float32(127)).astype(np.float32)
         safe = np.where(scale > 0, scale, np.float32(1))
         q = (np.clip(np.rint(grouped / safe[:, :, None]), -127, 127) + 128).astype(np.uint8)
-        qw = numpy_helper.from_array(q, f"{w.name}_int8_blocks")
-        qs = numpy_helper.from_array(scale, f"{w.name}_int8_scales")
-        model.graph.initializer.extend([qw, qs])
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], qw.name, qs.name], list(node.output),
-                                      name=f"{node.name}_int8", domain="com.microsoft", K=K, N=N, bits=8,
-                                      block_size=block_size, accuracy_level=4))
-        uses[w.name] -= 1
-        if uses[w.name] == 0:
-            model.graph.initializer.remove(w)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+        qw = numpy_helper.from_array(q, f"{node.input[1]}_int8_blocks")
+        qs = numpy_helper.from_array(scale, f"{node.input[1]}_int8_scales")
+        return ([helper.make_node("MatMulNBits", [x, qw.name, qs.name], list(node.output), name=f"{node.name}_int8",
+                                  domain="com.microsoft", K=K, N=N, bits=8, block_size=block_size,
+                                  accuracy_level=4)], [qw, qs])
+
+    names = set(names)
+    model = _rewrite_weight_matmuls(model, names, rewrite)
     if names and not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
-
 
 def unfuse_skip_layernorm(model):
     """Each com.microsoft SkipLayerNormalization(x, skip, gamma, beta[, bias]) with one output becomes
@@ -190,8 +163,7 @@ def unfuse_skip_layernorm(model):
         nodes.append(helper.make_node("Add", [x, skip], [f"{node.name}_sum"], name=f"{node.name}/skip"))
         nodes.append(helper.make_node("LayerNormalization", [f"{node.name}_sum", gamma, beta], [node.output[0]],
                                       name=node.name, axis=-1, epsilon=eps[0] if eps else 1e-12))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _set_nodes(model, nodes)
     return model
 
 
@@ -263,8 +235,7 @@ def plain_attention(model, mask_input: str = "attention_mask"):
                   helper.make_node("Reshape", [f"{p}_context_t", const(f"{p}_out_shape",
                                                                         np.array([0, -1, hidden], np.int64))],
                                    list(node.output), name=f"{p}/context/Reshape")]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _set_nodes(model, nodes)
     return drop_unused_initializers(model)
 
 
@@ -286,25 +257,40 @@ def smooth_inputs(model, amax_by_node: dict, alpha: float):
     channel weight quantization absorbs them. Returns (model, names of the MatMuls, now with the scaled weights)."""
     from onnx import helper, numpy_helper
 
+    def rewrite(node, x, W):
+        s = smoothing_scales(amax_by_node[node.name], W, alpha)
+        pre = f"{node.name}_smooth"
+        return ([helper.make_node("Mul", [x, f"{pre}_inv_scale"], [f"{pre}_x"], name=f"{pre}/Mul"),
+                 helper.make_node("MatMul", [f"{pre}_x", f"{pre}_weight"], list(node.output), name=node.name)],
+                [numpy_helper.from_array((1.0 / s).astype(np.float32), f"{pre}_inv_scale"),
+                 numpy_helper.from_array((W * s[:, None]).astype(np.float32), f"{pre}_weight")])
+
+    names = [n.name for n in model.graph.node if n.name in amax_by_node]
+    return _rewrite_weight_matmuls(model, amax_by_node, rewrite), names
+
+def _rewrite_weight_matmuls(model, names, rewrite):
+    """Each node named in `names` (a MatMul x @ W with W a constant initializer) becomes the nodes
+    rewrite(node, x, W float32 [K, N]) returns, as (nodes, new initializers), in its place; initializers no node
+    reads any more (the replaced weights) are dropped."""
+    from onnx import numpy_helper
+
     inits = {init.name: init for init in model.graph.initializer}
-    nodes, names = [], []
+    nodes = []
     for node in model.graph.node:
-        if node.name not in amax_by_node:
+        if node.name not in names:
             nodes.append(node)
             continue
         x, w = node.input
-        W = numpy_helper.to_array(inits[w]).astype(np.float32)
-        s = smoothing_scales(amax_by_node[node.name], W, alpha)
-        pre = f"{node.name}_smooth"
-        model.graph.initializer.extend([numpy_helper.from_array((1.0 / s).astype(np.float32), f"{pre}_inv_scale"),
-                                        numpy_helper.from_array((W * s[:, None]).astype(np.float32),
-                                                                f"{pre}_weight")])
-        nodes += [helper.make_node("Mul", [x, f"{pre}_inv_scale"], [f"{pre}_x"], name=f"{pre}/Mul"),
-                  helper.make_node("MatMul", [f"{pre}_x", f"{pre}_weight"], list(node.output), name=node.name)]
-        names.append(node.name)
+        replaced, added = rewrite(node, x, numpy_helper.to_array(inits[w]).astype(np.float32))
+        nodes += replaced
+        model.graph.initializer.extend(added)
+    _set_nodes(model, nodes)
+    return drop_unused_initializers(model)
+
+
+def _set_nodes(model, nodes) -> None:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return drop_unused_initializers(model), names
 
 
 def drop_unused_initializers(model):
