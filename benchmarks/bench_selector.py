@@ -3,6 +3,8 @@
 One group per (mode, n_prompts, n_models), providers side by side:
     cpp           routoo_fast.selector through the Python API, C of shape [P, N]
     cpp_costvec   the same with one price per model, C of shape [N] (only Q is streamed)
+    cpp_mixed     budget only: float32 Q with float64 C [P, N], what a Router passes (Q is converted to float64;
+                  C is used as it is)
     numpy         the numpy reference (routoo_fast._reference), same C [P, N]
     floor         one plain C++ pass summing Q and C (the memory-bandwidth floor for a pass over the data)
     floor_costvec the floor reading only Q (+ the [N] vector)
@@ -102,7 +104,7 @@ def _budget_of(Q, C, fraction=0.3):
     return lo + fraction * (hi - lo)
 
 
-@pytest.mark.parametrize("provider", ["cpp", "cpp_costvec", "cpp_full", "sorted_ref", "milp"])
+@pytest.mark.parametrize("provider", ["cpp", "cpp_costvec", "cpp_mixed", "cpp_full", "sorted_ref", "milp"])
 @pytest.mark.parametrize("P,N", BUDGET_SIZES)
 def test_budget(benchmark, P, N, provider):
     if provider == "milp" and (P, N) != (1_000, 16):
@@ -110,12 +112,12 @@ def test_budget(benchmark, P, N, provider):
     if provider == "sorted_ref" and P > 1_000:
         pytest.skip("python reference only at 1000 prompts")
     Q, C, c = _data(P, N)
-    costs = c if provider == "cpp_costvec" else C
+    costs = c if provider == "cpp_costvec" else C.astype(np.float64) if provider == "cpp_mixed" else C
     B = _budget_of(Q, np.broadcast_to(costs, Q.shape))
     group = f"budget P={P} N={N}"
     benchmark.group = group
     extra = {}
-    if provider in ("cpp", "cpp_costvec"):
+    if provider in ("cpp", "cpp_costvec", "cpp_mixed"):
         sel = _run(benchmark, functools.partial(S.budget, Q, costs, B), P)
         extra = {"total_quality": sel.total_quality, "lp_bound": sel.lp_bound, "break_gain": sel.break_gain}
     elif provider == "cpp_full":

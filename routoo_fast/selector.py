@@ -107,7 +107,7 @@ def _inputs(Q, C, allowed=None):
     if C.shape != (N,) and C.shape != (P, N):
         raise ValueError(f"C must have shape {(P, N)} or {(N,)} to match Q, got {C.shape}")
     if Q.dtype != C.dtype:
-        Q, C = Q.astype(np.float64), C.astype(np.float64)
+        Q, C = Q.astype(np.float64, copy=False), C.astype(np.float64, copy=False)  # only the float32 one is copied
     if allowed is not None:
         allowed = _mask(allowed, "allowed", P, N)
     if not Q.flags.c_contiguous:
