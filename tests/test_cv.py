@@ -145,13 +145,17 @@ def test_recipe_fit_returns_the_chosen_recipes_val_probabilities():
 
     ds, x, _ = _synthetic_dataset(P=200)
     tr, va = np.arange(0, 160), np.arange(160, 200)
-    fit = fit_recipe(x, ds.table.scores, tr, va, grid={"logit_shrink": (0.5, 1.0)}, refit=False)
-    assert fit.val_probs.shape == (40, 3)
     import torch
 
-    with torch.no_grad():  # without a refit the returned head is the one the val probabilities came from
-        q = fit.head.probs(torch.from_numpy(x[va])).numpy()
-    np.testing.assert_allclose(fit.val_probs, q, atol=1e-5)
+    for grid in ({"logit_shrink": (0.5, 1.0), "interaction_shrink": (1.0, 0.5)},
+                 {"logit_shrink": (0.7,), "interaction_shrink": (0.3,)}):  # the second forces both shrinkages
+        fit = fit_recipe(x, ds.table.scores, tr, va, grid=grid, refit=False)
+        assert fit.val_probs.shape == (40, 3)
+        assert len(fit.grid) == len(grid["logit_shrink"]) * len(grid["interaction_shrink"])
+        with torch.no_grad():  # without a refit the returned head is the one the val probabilities came from
+            q = fit.head.probs(torch.from_numpy(x[va])).numpy()
+        np.testing.assert_allclose(fit.val_probs, q, atol=1e-5)
+    assert (fit.recipe.logit_shrink, fit.recipe.interaction_shrink) == (0.7, 0.3)
 
 
 def test_simplex_weights_pick_the_informative_part_and_platt_undoes_a_distortion():

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routoo_fast.train import recipe as rc
 from routoo_fast.head import ScoringHead
@@ -44,6 +46,61 @@ def test_shrink_logits_moves_toward_prior_logit():
         rc.shrink_logits(h, [0.5], 0.7)
 
 
+def _logits_after_interaction_shrink(z, prior, c):
+    """The definition, per prompt: deviations from the prior logits, their mean kept, the rest scaled by c."""
+    lp = np.log(prior / (1 - prior))
+    d = z - lp
+    mu = d.mean(1, keepdims=True)
+    return lp + mu + c * (d - mu)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.4, 1.0])
+def test_shrink_interactions_folds_the_per_prompt_formula_into_the_head(c):
+    torch.manual_seed(2)
+    h = ScoringHead(5, 4, hidden=3)
+    with torch.no_grad():
+        h.b.copy_(torch.randn(4))
+    x = torch.randn(9, 5)
+    prior = np.array([0.9, 0.6, 0.3, 0.5])
+    with torch.no_grad():
+        before = h(x).double().numpy()
+    rc.shrink_interactions(h, prior, c)
+    with torch.no_grad():
+        after = h(x).double().numpy()
+    np.testing.assert_allclose(after, _logits_after_interaction_shrink(before, prior, c), atol=1e-5)
+    lp = np.log(prior / (1 - prior))  # the prompt's difficulty (mean deviation) is kept whatever c is
+    np.testing.assert_allclose((after - lp).mean(1), (before - lp).mean(1), atol=1e-5)
+    if c == 0.0:  # nothing model-specific is left: every model sits at its prior plus the same offset
+        np.testing.assert_allclose(np.ptp(after - lp, axis=1), 0.0, atol=1e-5)
+
+
+def test_shrink_interactions_rejects_bad_arguments():
+    h = ScoringHead(3, 2, hidden=2)
+    with pytest.raises(ValueError, match="prior must have shape"):
+        rc.shrink_interactions(h, [0.5], 0.5)
+    with pytest.raises(ValueError, match="interaction shrink"):
+        rc.shrink_interactions(h, [0.5, 0.5], 1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.floats(0.05, 1.0), c=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_shrunk_logits_equal_the_head_after_both_shrinkages(a, c, seed):
+    """What fit_recipe scores each grid point with (shrunk_logits on the raw logits) is what the folded head gives."""
+    torch.manual_seed(seed)
+    h = ScoringHead(4, 3, hidden=2)
+    with torch.no_grad():
+        h.b.copy_(torch.randn(3))
+    x = torch.randn(6, 4)
+    prior = np.random.default_rng(seed).uniform(0.05, 0.95, 3)
+    with torch.no_grad():
+        z = h(x).double().numpy()
+    want = rc.shrunk_logits(z, np.log(prior / (1 - prior)), a, c)
+    rc.shrink_logits(h, prior, a)
+    rc.shrink_interactions(h, prior, c)
+    with torch.no_grad():
+        np.testing.assert_allclose(h(x).double().numpy(), want, atol=1e-4)
+
+
 def test_recipe_validation():
     with pytest.raises(ValueError, match="beta"):
         rc.Recipe(beta=1.5)
@@ -51,6 +108,8 @@ def test_recipe_validation():
         rc.Recipe(logit_shrink=0.0)
     with pytest.raises(ValueError, match="n_seeds"):
         rc.Recipe(n_seeds=0)
+    with pytest.raises(ValueError, match="interaction_shrink"):
+        rc.Recipe(interaction_shrink=-0.1)
 
 
 def test_fit_recipe_head_learns_and_returns_a_plain_head():

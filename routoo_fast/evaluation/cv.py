@@ -424,7 +424,8 @@ def _fold_choices(memo: dict) -> dict:
     out = {}
     if "recipe" in memo:
         r = memo["recipe"].recipe
-        out["routoo recipe"] = f"H {r.hidden}, beta {r.beta}, {r.n_seeds} seeds, shrink {r.logit_shrink}"
+        out["routoo recipe"] = (f"H {r.hidden}, beta {r.beta}, {r.n_seeds} seeds, shrink {r.logit_shrink}, "
+                                f"interaction {r.interaction_shrink}")
     if "knn" in memo:
         out["kNN"] = f"k {memo['knn'].k}"
     for name, text in memo.get("notes", {}).items():
