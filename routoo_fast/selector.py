@@ -85,6 +85,9 @@ def _as_float_array(x, name: str) -> np.ndarray:
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
         a = a.astype(np.float64)
+    elif a.dtype is not _F32 and a.dtype is not _F64:
+        # an equal but distinct dtype object (e.g. an unpickled array's): the C++ side dispatches on identity
+        a = a.view(_F32 if a.dtype == _F32 else _F64)
     return a
 
 

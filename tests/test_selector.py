@@ -322,6 +322,22 @@ def test_other_dtypes_are_converted_and_non_contiguous_accepted():
     assert S.max_quality(Q.tolist(), C.tolist()).choice.tolist() == S.max_quality(Q, C).choice.tolist()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unpickled_arrays_are_accepted(dtype):
+    """An unpickled array's dtype equals float32/64 but is a distinct object; the C++ side dispatches on identity."""
+    import pickle
+
+    Q, C = good()
+    Q, C = Q.astype(dtype), C.astype(dtype)
+    Qp, Cp = pickle.loads(pickle.dumps(Q)), pickle.loads(pickle.dumps(C))
+    assert Qp.dtype == Q.dtype and Qp.dtype is not Q.dtype  # the case this test is about
+    np.testing.assert_array_equal(S.tradeoff(Qp, Cp, 0.2).choice, S.tradeoff(Q, C, 0.2).choice)
+    np.testing.assert_array_equal(S.tradeoff(Q, Cp, 0.2).choice, S.tradeoff(Q, C, 0.2).choice)
+    np.testing.assert_array_equal(S.frontier(Qp, Cp).slopes, S.frontier(Q, C).slopes)
+    budget = float(C.min(1).sum()) * 1.5
+    assert S.budget(Qp, Cp, budget).total_quality == S.budget(Q, C, budget).total_quality
+
+
 def test_sse2_path_agrees_with_reference():
     """On an AVX2 machine the default run tests the AVX2 copy of the row scan; this runs the SSE2 copy."""
     import os
