@@ -64,7 +64,10 @@ def test_shrink_interactions_folds_the_per_prompt_formula_into_the_head(c):
     prior = np.array([0.9, 0.6, 0.3, 0.5])
     with torch.no_grad():
         before = h(x).double().numpy()
+    E0, b0 = h.E.detach().clone(), h.b.detach().clone()
     rc.shrink_interactions(h, prior, c)
+    if c == 1.0:  # bit for bit the head as trained: a router retrained with c = 1 keeps its exact weights
+        assert torch.equal(h.E, E0) and torch.equal(h.b, b0)
     with torch.no_grad():
         after = h(x).double().numpy()
     np.testing.assert_allclose(after, _logits_after_interaction_shrink(before, prior, c), atol=1e-5)

@@ -134,6 +134,8 @@ def shrink_interactions(head, prior, c: float) -> None:
     if not 0.0 <= c <= 1.0:
         raise ValueError(f"interaction shrink c must be in [0, 1], got {c}")
     lp = _logit_prior(prior, head.n_models)
+    if c == 1.0:  # exactly the head as trained (the folded form would move E and b by rounding)
+        return
     with torch.no_grad():
         e_mean = head.E.mean(0, keepdim=True)
         head.E.copy_(e_mean + c * (head.E - e_mean))
