@@ -32,12 +32,13 @@ def sweep_reference(Q, C_pred, Y, C_true, lams):
     return np.array(out)
 
 
-points = st.lists(st.tuples(st.floats(0, 10, allow_nan=False), st.floats(0, 1, allow_nan=False)),
+# no subnormal costs: interpolating between costs 0 and 2e-309 divides by a subnormal and loses every digit
+points = st.lists(st.tuples(st.floats(0, 10, allow_nan=False, allow_subnormal=False), st.floats(0, 1, allow_nan=False)),
                   min_size=1, max_size=12)
 
 
 @settings(max_examples=150, deadline=None)
-@given(points, st.lists(st.floats(0, 12, allow_nan=False), min_size=1, max_size=8))
+@given(points, st.lists(st.floats(0, 12, allow_nan=False, allow_subnormal=False), min_size=1, max_size=8))
 def test_hull_matches_two_point_mixing_brute_force(pts, cs):
     cost, quality = np.array(pts).T
     curve = ev.Curve("r", cost, quality)
