@@ -337,7 +337,7 @@ def cmd_route(args) -> int:
     decisions = router.route(prompts, policy)
     Q = C = None
     if args.scores:
-        Q, C = router.predict(prompts), router.costs(prompts)
+        Q, C = router.estimate(prompts)
     for i, (prompt, d) in enumerate(zip(prompts, decisions)):
         if args.json:
             row = {"prompt": prompt, **d.to_dict()}
@@ -736,7 +736,7 @@ def cmd_demo(args) -> int:
     router = _load_router(argparse.Namespace(router=args.router, max_length=None, backend=None, threads=args.threads,
                                              encoder_batch=None))
     print(f"router with {len(router.model_names)} models\n")
-    Q, C = router.predict(EXAMPLE_PROMPTS), router.costs(EXAMPLE_PROMPTS)
+    Q, C = router.estimate(EXAMPLE_PROMPTS)
     from .selector import calibrate_lambda
 
     median = float(np.median(C))
@@ -745,7 +745,7 @@ def cmd_demo(args) -> int:
     policies = ["max_quality", f"max_cost={median:.2g}", "min_quality=0.7", f"lambda={lam:.4g}"]
     for spec in policies:
         print(f"policy {spec}:")
-        for prompt, d in zip(EXAMPLE_PROMPTS, router.decide(EXAMPLE_PROMPTS, Q, spec)):
+        for prompt, d in zip(EXAMPLE_PROMPTS, router.decide(EXAMPLE_PROMPTS, Q, spec, C)):
             note = "" if d.feasible else "  (policy not met: fallback)"
             print(f"  {d.model:<32} quality={d.predicted_quality:.3f} cost=${d.expected_cost:.6f}  "
                   f"{_short(prompt, 50)}{note}")

@@ -261,12 +261,16 @@ class CostModel:
     models [N]; prices: a PriceTable with every model; expected_output_tokens: [N] or {model: tokens};
     tokenizer: `text -> token ids` to count input tokens, None = the package's estimate ceil(chars / 4).
     equal_cost: every model costs the same (quality-only routing); `true` then returns the expected costs too.
+    output_length: an `output_length.OutputLengthModel` (or None): per-prompt expected output tokens from the
+    pooled prompt encoding; a caller that has them passes them to `costs(..., output_tokens=)` / `expected`
+    instead of the per-model means (the Router does, from the encoding its predictor computed).
     Training builds it (`from_table`), the saved router stores it (prices, expected output tokens, `describe`),
     and the router, the server, the evaluation and the reproduction all price calls through it.
     """
 
     def __init__(self, models: Sequence[str], prices: PriceTable, expected_output_tokens, tokenizer=None,
-                 equal_cost: bool = False, output_tokens_source: Mapping[str, str] | None = None):
+                 equal_cost: bool = False, output_tokens_source: Mapping[str, str] | None = None,
+                 output_length=None):
         if isinstance(models, str):
             raise TypeError("models must be a list of model names, got one str")
         names = tuple(models)
@@ -287,6 +291,10 @@ class CostModel:
         self.tokenizer = tokenizer
         self.equal_cost = bool(equal_cost)
         self.output_tokens_source = dict(output_tokens_source or {})
+        if output_length is not None and getattr(output_length, "n_models", None) != len(names):
+            raise ValueError(f"output_length predicts {getattr(output_length, 'n_models', None)} models, the cost "
+                             f"model has {len(names)}")
+        self.output_length = output_length
 
     def __repr__(self) -> str:
         return f"CostModel({len(self.models)} models{', equal cost' if self.equal_cost else ''})"
@@ -354,13 +362,57 @@ class CostModel:
         """Input tokens of each prompt, int32 [B] (the tokenizer's count, else ceil(chars / 4))."""
         return count_tokens(prompts, self.tokenizer)
 
-    def costs(self, prompts: Sequence[str], input_tokens=None) -> np.ndarray:
-        """C float64 [B, N]: expected USD of calling each model on each prompt (input_tokens [B]: counted if None)."""
+    def costs(self, prompts: Sequence[str], input_tokens=None, output_tokens=None) -> np.ndarray:
+        """C float64 [B, N]: expected USD of calling each model on each prompt (input_tokens [B]: counted if None;
+        output_tokens [B, N]: per-prompt expected output tokens, e.g. `output_length.predict`; None = each model's
+        expected_output_tokens)."""
         tok = self.input_tokens(prompts) if input_tokens is None else input_tokens
         tok = np.asarray(tok, dtype=np.float64)
         if tok.shape != (len(prompts),):
             raise ValueError(f"input_tokens must have shape ({len(prompts)},), got {tok.shape}")
-        return tok[:, None] * self.input_price[None, :] + self._output_cost[None, :]
+        if output_tokens is None or self.equal_cost:
+            return tok[:, None] * self.input_price[None, :] + self._output_cost[None, :]
+        out = np.asarray(output_tokens, dtype=np.float64)
+        if out.shape != (len(prompts), len(self.models)):
+            raise ValueError(f"output_tokens must have shape ({len(prompts)}, {len(self.models)}), got {out.shape}")
+        if not np.isfinite(out).all() or (out < 0).any():
+            raise ValueError("output_tokens must be finite and >= 0")
+        return tok[:, None] * self.input_price[None, :] + out * self.output_price[None, :]
+
+    def output_tokens_of(self, features) -> np.ndarray | None:
+        """Per-prompt expected output tokens [B, N] from pooled encodings [B, D], or None without a length model."""
+        return None if self.output_length is None or self.equal_cost else self.output_length.predict(features)
+
+    def observed_output_tokens(self, table) -> np.ndarray:
+        """Output tokens of every call of the table [P, N] (NaN = unknown): the observed count, else the count its
+        real cost implies ((cost - input tokens x input price) / output price)."""
+        cols = self._columns(table)
+        P, N = table.n_prompts, len(self.models)
+        out = np.full((P, N), np.nan) if table.output_tokens is None else \
+            table.output_tokens[:, cols].astype(np.float64)
+        if table.cost is not None:
+            tok = np.asarray(table.input_tokens if table.input_tokens is not None
+                             else self.input_tokens(table.prompts), dtype=np.float64)
+            real = np.asarray(table.cost, dtype=np.float64)[:, cols]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                implied = np.maximum((real - tok[:, None] * self.input_price) / self.output_price, 0.0)
+            use = ~np.isfinite(out) & np.isfinite(real) & (self.output_price > 0)
+            out = np.where(use, implied, out)
+        return out
+
+    def fit_output_length(self, table, features, train_idx, val_idx) -> "CostModel":
+        """This cost model plus an `OutputLengthModel` fitted on the table's calls (`observed_output_tokens`) over
+        pooled encodings features [P, D]: ridge strength chosen on val_idx, refitted on train + val. A table without
+        output lengths or real costs, or an equal-cost model, returns self unchanged."""
+        from routoo_fast.output_length import OutputLengthModel
+
+        out = self.observed_output_tokens(table)
+        rows = np.concatenate([np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)])
+        if self.equal_cost or not np.isfinite(out[rows]).any():
+            return self
+        length = OutputLengthModel.fit(features, out, train_idx, val_idx, fallback=self.expected_output_tokens)
+        return CostModel(self.models, self.prices, self.expected_output_tokens, self.tokenizer, self.equal_cost,
+                         self.output_tokens_source, output_length=length)
 
     def call_cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """What one call of `model` really cost, in USD, from the token counts its answer reported (an OpenAI
@@ -384,10 +436,12 @@ class CostModel:
             missing = [m for m in self.models if m not in table.models]
             raise ValueError(f"the table has no column for models {missing}") from None
 
-    def expected(self, table) -> np.ndarray:
+    def expected(self, table, features=None) -> np.ndarray:
         """What a router expects each call of its models on `table`'s prompts to cost [P, N] (never the call's real
-        cost, unknown before the call): input tokens from table.input_tokens where given."""
-        return self.costs(table.prompts, table.input_tokens)
+        cost, unknown before the call): input tokens from table.input_tokens where given; with the prompts' pooled
+        encodings features [P, D] and a length model, per-prompt output lengths (what the Router prices with)."""
+        out = None if features is None else self.output_tokens_of(features)
+        return self.costs(table.prompts, table.input_tokens, out)
 
     def true(self, table) -> np.ndarray:
         """What each call really cost [P, N] (for scoring decisions): the table's real cost where it has one; else
@@ -409,8 +463,11 @@ class CostModel:
 
     def describe(self) -> dict:
         """JSON-able summary stored in a saved router's metadata: token counter, equal cost, output-token sources."""
-        return {"token_counter": "tokenizer" if self.tokenizer is not None else "ceil(chars / 4)",
-                "equal_cost": self.equal_cost, "output_tokens_source": dict(self.output_tokens_source)}
+        out = {"token_counter": "tokenizer" if self.tokenizer is not None else "ceil(chars / 4)",
+               "equal_cost": self.equal_cost, "output_tokens_source": dict(self.output_tokens_source)}
+        if self.output_length is not None:
+            out["output_length"] = self.output_length.describe()
+        return out
 
 
 def _fit_price(tokens: np.ndarray, cost: np.ndarray, output_tokens: float) -> ModelPrice:

@@ -51,10 +51,12 @@ class Predictor:
     def n_models(self) -> int:
         return len(self.model_names)
 
-    def predict(self, prompts) -> np.ndarray:
-        """Q np.float32 [B, N] in [0, 1], rows in the order of `prompts`, columns in the order of model_names."""
+    def predict(self, prompts, return_pooled: bool = False):
+        """Q np.float32 [B, N] in [0, 1], rows in the order of `prompts`, columns in the order of model_names.
+        return_pooled: return (Q, pooled np.float32 [B, D]), the masked-mean encodings Q was scored from (what a
+        cost model's output-length model reads)."""
         from routoo_fast.encoder import check_prompts
-        from routoo_fast.pool_score import pool_score
+        from routoo_fast.pool_score import masked_mean, pool_score
 
         prompts = check_prompts(prompts)
         if getattr(self.encoder, "pools_inside", False):  # an ONNX encoder: pooled [B, D] in one call
@@ -64,14 +66,19 @@ class Predictor:
             # overhead was 0.1-0.2 ms of a 2.3 ms 9-token onnx-int8 route)
             pooled = self.encoder.encode(prompts)
             if len(prompts) <= NUMPY_HEAD_MAX_BATCH and self.head.E.device.type == "cpu":
-                return self.head.probs_numpy(pooled)
-            with torch.inference_mode():
-                return self.head.probs(torch.from_numpy(pooled)).numpy()
+                Q = self.head.probs_numpy(pooled)
+            else:
+                with torch.inference_mode():
+                    Q = self.head.probs(torch.from_numpy(pooled)).numpy()
+            return (Q, pooled) if return_pooled else Q
         weights = self.head.scoring_weights()
         out = np.empty((len(prompts), self.n_models), dtype=np.float32)
+        pooled = np.empty((len(prompts), self.head.d_in), dtype=np.float32) if return_pooled else None
         for hidden, mask, index in self.encoder.token_states(prompts):
             out[index] = pool_score(hidden, mask, backend=self.backend, **weights).cpu().numpy()
-        return out
+            if return_pooled:  # a second, plain pooling pass: microseconds next to the encoder forward
+                pooled[index] = masked_mean(hidden, mask).cpu().numpy()
+        return (out, pooled) if return_pooled else out
 
     def predict_pooled(self, pooled) -> np.ndarray:
         """Q np.float32 [B, N] from cached pooled encodings [B, D] (numpy or torch; e.g. Encoder.encode output)."""

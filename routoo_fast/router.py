@@ -1,8 +1,11 @@
 """Router: prompts in, one LLM per prompt out.
 
-    Q = Predictor.predict(prompts)                                      [B, N] predicted P(correct) per model
-    C = CostModel.costs(prompts): tokens * input_price + expected_output_tokens * output_price   [B, N] USD per call
+    Q, pooled = Predictor.predict(prompts)                              [B, N] predicted P(correct) per model
+    out = CostModel.output_length(pooled)      [B, N] expected output tokens (per model's mean without a length model)
+    C = input tokens * input_price + out * output_price                 [B, N] expected USD per call
     choice = selector mode of the policy (caps, floor, lambda, batch budget) on (Q, C)   [B]
+
+`Router.estimate(prompts)` gives (Q, C) from one predictor pass; `predict` gives Q alone.
 
 `Router.route` returns one `Decision` per prompt. `Router.aroute` is the same for an event loop: the predictor
 pass runs in a worker thread, shared with concurrent callers through a `MicroBatcher` once `enable_batching()`
@@ -87,6 +90,10 @@ class Router:
         self.batcher: MicroBatcher | None = None
         self.q_cache = None  # a routoo_fast.q_cache.QCache once enable_q_cache() was called
         self._policies: dict = {}  # policy text -> checked Policy
+        # with a per-prompt output-length model a predictor pass yields rows [Q | out] of width 2N (what the cache
+        # and the batcher carry), else Q alone
+        self._lengths = cost_model.output_length is not None and not cost_model.equal_cost
+        self._width = 2 * len(names) if self._lengths else len(names)
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -153,7 +160,7 @@ class Router:
         (see routoo_fast.q_cache); replaces any earlier cache. Returns the `QCache`."""
         from .q_cache import QCache
 
-        self.q_cache = QCache(max_bytes, len(self.model_names))
+        self.q_cache = QCache(max_bytes, self._width)
         return self.q_cache
 
     def disable_q_cache(self) -> None:
@@ -162,19 +169,37 @@ class Router:
     # ---- prediction and costs ----------------------------------------------------------------------------
     def predict(self, prompts) -> np.ndarray:
         """Q np.float32 [B, N]: predicted probability that each model answers each prompt well."""
+        return self._rows(_check_prompts(prompts))[:, :len(self.model_names)]
+
+    def estimate(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """(Q np.float32 [B, N], C np.float64 [B, N]) from one predictor pass: the predicted qualities and the
+        expected USD of each call (per-prompt output lengths when the cost model has a length model)."""
         prompts = _check_prompts(prompts)
+        return self._split(prompts, self._predict_any_thread(prompts))
+
+    def _rows(self, prompts: list[str]) -> np.ndarray:
         cache = self.q_cache
         if cache is None:
             return self._predict_uncached(prompts)
-        keys, Q, misses = cache.lookup(prompts)
+        keys, rows, misses = cache.lookup(prompts)
         if misses:
-            Q[misses] = self._predict_unique([prompts[i] for i in misses], [keys[i] for i in misses],
-                                             self._predict_uncached, cache)
-        return Q
+            rows[misses] = self._predict_unique([prompts[i] for i in misses], [keys[i] for i in misses],
+                                                self._predict_uncached, cache)
+        return rows
 
     def _predict_uncached(self, prompts: list[str]) -> np.ndarray:
+        """One predictor pass: Q [B, N], or [Q | expected output tokens] [B, 2N] with a length model."""
         with self._predict_lock:
-            return self.predictor.predict(prompts)
+            if not self._lengths:
+                return self.predictor.predict(prompts)
+            Q, pooled = self.predictor.predict(prompts, return_pooled=True)
+        out = self.cost_model.output_tokens_of(pooled).astype(np.float32)
+        return np.concatenate([Q, out], axis=1)
+
+    def _split(self, prompts: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, C) from predictor rows."""
+        N = len(self.model_names)
+        return rows[:, :N], self.cost_model.costs(prompts, output_tokens=rows[:, N:] if self._lengths else None)
 
     @staticmethod
     def _predict_unique(prompts, keys, predict, cache) -> np.ndarray:
@@ -191,12 +216,11 @@ class Router:
         return Q[[row[key] for key in keys]]
 
     def costs(self, prompts) -> np.ndarray:
-        """C np.float64 [B, N]: expected USD of calling each model on each prompt (input tokens of the prompt,
-        each model's expected output tokens)."""
+        """C np.float64 [B, N]: expected USD of calling each model on each prompt (input tokens of the prompt and
+        each model's expected output tokens; with a length model this runs the predictor: prefer `estimate`)."""
         prompts = _check_prompts(prompts)
-        return self._costs(prompts)
-
-    def _costs(self, prompts: list[str]) -> np.ndarray:
+        if self._lengths:
+            return self._split(prompts, self._rows(prompts))[1]
         return self.cost_model.costs(prompts)
 
     # ---- routing -----------------------------------------------------------------------------------------
@@ -204,7 +228,7 @@ class Router:
         """One Decision per prompt under `policy` (text like "lambda=0.5", a mapping, or a policy object)."""
         prompts = _check_prompts(prompts)
         policy = self.check_policy(policy)
-        return self._decide(prompts, self._predict_any_thread(prompts), policy)
+        return self._decide(prompts, *self._split(prompts, self._predict_any_thread(prompts)), policy)
 
     async def aroute(self, prompts, policy="max_quality") -> list[Decision]:
         """`route` for an event loop: the predictor runs off the loop (in the micro-batcher when enabled).
@@ -213,11 +237,18 @@ class Router:
         """
         prompts = _check_prompts(prompts)
         policy = self.check_policy(policy)
-        return self._decide(prompts, await self.apredict(prompts), policy)
+        return self._decide(prompts, *self._split(prompts, await self._arows(prompts)), policy)
 
     async def apredict(self, prompts) -> np.ndarray:
         """`predict` for an event loop: in the micro-batcher when enabled, else in the loop's default executor."""
+        return (await self._arows(_check_prompts(prompts)))[:, :len(self.model_names)]
+
+    async def aestimate(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """`estimate` for an event loop (the predictor pass as in `apredict`)."""
         prompts = _check_prompts(prompts)
+        return self._split(prompts, await self._arows(prompts))
+
+    async def _arows(self, prompts: list[str]) -> np.ndarray:
         cache = self.q_cache
         if cache is None:
             return await self._apredict_uncached(prompts)
@@ -240,17 +271,24 @@ class Router:
             return await batcher.acall(prompts)
         return await asyncio.get_running_loop().run_in_executor(None, self._predict_uncached, prompts)
 
-    def decide(self, prompts: Sequence[str], Q: np.ndarray, policy) -> list[Decision]:
-        """Decisions from already predicted qualities Q [B, N] (e.g. cached) under `policy`."""
+    def decide(self, prompts: Sequence[str], Q: np.ndarray, policy, C: np.ndarray | None = None) -> list[Decision]:
+        """Decisions from already predicted qualities Q [B, N] (e.g. cached) and expected costs C [B, N] (from
+        `estimate`; None = `costs(prompts)`) under `policy`."""
         prompts = _check_prompts(prompts)
         policy = self.check_policy(policy)
+        shape = (len(prompts), len(self.model_names))
         Q = np.asarray(Q)
-        if Q.shape != (len(prompts), len(self.model_names)):
-            raise ValueError(f"Q must have shape ({len(prompts)}, {len(self.model_names)}), got {Q.shape}")
-        return self._decide(prompts, Q, policy)
+        if Q.shape != shape:
+            raise ValueError(f"Q must have shape {shape}, got {Q.shape}")
+        if C is None:
+            C = self.costs(prompts)
+        else:
+            C = np.asarray(C, dtype=np.float64)
+            if C.shape != shape:
+                raise ValueError(f"C must have shape {shape}, got {C.shape}")
+        return self._decide(prompts, Q, C, policy)
 
-    def _decide(self, prompts: list[str], Q: np.ndarray, policy: Policy) -> list[Decision]:
-        C = self._costs(prompts)
+    def _decide(self, prompts: list[str], Q: np.ndarray, C: np.ndarray, policy: Policy) -> list[Decision]:
         choice, feasible = _select(Q, C, policy, self._allowed(policy))
         rows = np.arange(len(prompts))
         quality = Q[rows, choice].astype(np.float64)
@@ -273,9 +311,9 @@ class Router:
         return self.batcher
 
     def _batcher_pass(self, prompts: list[str]) -> np.ndarray:
-        """What the batcher runs: `predict`, or with the cache on the predictor alone (the cache was looked up
-        before the prompts joined the queue)."""
-        return self.predict(prompts) if self.q_cache is None else self._predict_uncached(prompts)
+        """What the batcher runs: predictor rows (`_rows`), or with the cache on the predictor alone (the cache was
+        looked up before the prompts joined the queue)."""
+        return self._rows(prompts) if self.q_cache is None else self._predict_uncached(prompts)
 
     def disable_batching(self) -> None:
         """Finish queued work and stop the batcher's worker. Idempotent."""
@@ -286,7 +324,7 @@ class Router:
     def _predict_any_thread(self, prompts: list[str]) -> np.ndarray:
         batcher = self.batcher
         if batcher is None:
-            return self.predict(prompts)
+            return self._rows(prompts)
         cache = self.q_cache
         if cache is None:
             return batcher(prompts)

@@ -10,7 +10,10 @@ config.json (format_version 1):
   metadata                free-form JSON (training data, config, held-out report, ...)
   encoder_backend         optional: the encoder backend a Router loads by default ("torch", "onnx", "onnx-int8";
                           absent = "torch", as routers saved before the field existed)
+  output_length           optional: {file: "output_length.safetensors", alpha, val_rmse_log}, the cost model's
+                          per-prompt output-length model (absent = each model's expected_output_tokens)
 head.safetensors: tensors W1 [H, D], b1 [H] (absent when hidden is null), E [N, H], b [N], float32.
+output_length.safetensors: weight [D, N], bias [N], scale [N], float64 (`output_length.OutputLengthModel`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 HEAD_FILE = "head.safetensors"
+LENGTH_FILE = "output_length.safetensors"
 CONFIG_KEYS = ("format_version", "encoder", "model_names", "prices", "head", "expected_output_tokens")
 
 
@@ -37,6 +41,7 @@ class SavedRouter:
     prices: object  # PriceTable
     expected_output_tokens: np.ndarray  # float64 [N]
     metadata: dict = field(default_factory=dict)
+    output_length: object = None  # OutputLengthModel or None
 
     @property
     def encoder_backend(self) -> str:
@@ -52,7 +57,8 @@ class SavedRouter:
         info = info if isinstance(info, dict) else {}
         return CostModel(self.model_names, self.prices, self.expected_output_tokens,
                          equal_cost=bool(info.get("equal_cost", False)),
-                         output_tokens_source=info.get("output_tokens_source") or {})
+                         output_tokens_source=info.get("output_tokens_source") or {},
+                         output_length=self.output_length)
 
 
 def _price_table(prices, model_names):
@@ -106,12 +112,16 @@ def save_router(path, head, model_names, encoder_spec: dict, prices, expected_ou
 
     from routoo_fast.costs import CostModel
 
+    length = None
     if isinstance(prices, CostModel):
         if expected_output_tokens is not None:
             raise TypeError("with a CostModel, expected_output_tokens comes from it: pass None")
         if list(prices.models) != list(model_names):
             raise ValueError(f"the cost model prices {list(prices.models)}, model_names are {list(model_names)}")
         metadata = {**(metadata or {}), "cost_model": prices.describe()}
+        length = prices.output_length
+        if length is not None and length.d_in != head.d_in:
+            raise ValueError(f"the output-length model reads D = {length.d_in}, the head D = {head.d_in}")
         prices, expected_output_tokens = prices.prices, prices.expected_output_tokens
     elif expected_output_tokens is None:
         raise TypeError("expected_output_tokens is required with a PriceTable (or pass a CostModel as prices)")
@@ -139,12 +149,18 @@ def save_router(path, head, model_names, encoder_spec: dict, prices, expected_ou
         "metadata": dict(metadata or {}),
         "encoder_backend": encoder_backend,
     }
+    if length is not None:
+        info = length.describe()
+        config["output_length"] = {"file": LENGTH_FILE, "alpha": info["alpha"], "val_rmse_log": info["val_rmse_log"]}
     text = json.dumps(config, indent=2, allow_nan=False)  # fails here, before anything is written, if not JSON
     from routoo_fast._atomic import atomic_directory
 
     with atomic_directory(path) as tmp:
         (tmp / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / HEAD_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+        if length is not None:
+            save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in length.tensors().items()},
+                      str(tmp / LENGTH_FILE), metadata={"format_version": str(FORMAT_VERSION)})
     return Path(path)
 
 
@@ -226,4 +242,38 @@ def load_router(path) -> SavedRouter:
     head.eval()
     metadata = config.get("metadata") or {}
     return SavedRouter(config=config, head=head, model_names=names, prices=prices, expected_output_tokens=eo,
-                       metadata=metadata)
+                       metadata=metadata, output_length=_load_length(path, config, D, N))
+
+
+def _load_length(path: Path, config: dict, D: int, N: int):
+    """The saved OutputLengthModel, or None when config.json records none."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from routoo_fast.output_length import OutputLengthModel
+
+    info = config.get("output_length")
+    if info is None:
+        return None
+    cpath = path / CONFIG_FILE
+    _expect(isinstance(info, dict) and info.get("file") == LENGTH_FILE, cpath,
+            f"output_length must be an object with file {LENGTH_FILE!r}")
+    lpath = path / LENGTH_FILE
+    if not lpath.is_file():
+        raise FileNotFoundError(f"router file missing: {lpath}")
+    try:
+        t = load_file(str(lpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{lpath}: unreadable safetensors file ({e})") from None
+    want = {"weight": (D, N), "bias": (N,), "scale": (N,)}
+    _expect(set(t) == set(want), lpath, f"tensors {sorted(t)}, expected {sorted(want)}")
+    for k, shape in want.items():
+        _expect(t[k].shape == shape, lpath, f"tensor {k} has shape {list(t[k].shape)}, expected {list(shape)}")
+    alpha = info.get("alpha")
+    rmse = info.get("val_rmse_log")
+    try:
+        return OutputLengthModel(t["weight"], t["bias"], t["scale"],
+                                 alpha=float("nan") if alpha is None else float(alpha),
+                                 val_rmse_log=float("nan") if rmse is None else float(rmse))
+    except ValueError as e:
+        raise ValueError(f"{lpath}: {e}") from None

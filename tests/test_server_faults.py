@@ -144,10 +144,10 @@ def test_unexpected_exception_is_a_logged_json_500_on_a_kept_connection(server, 
     _, router = server
     real_decide = router.decide
 
-    def decide(prompts, Q, policy):
+    def decide(prompts, Q, policy, C=None):
         if "BOOM" in prompts:
             raise KeyError("simulated bug")
-        return real_decide(prompts, Q, policy)
+        return real_decide(prompts, Q, policy, C)
 
     monkeypatch.setattr(router, "decide", decide)
     caplog.set_level("ERROR", logger="routoo_fast.serve.server")

@@ -205,6 +205,7 @@ def route_batch(router, prompts: Sequence[str], policy, *, batch_size: int = DEF
     if not prompts:
         raise ValueError("no prompts to route")
     Q = np.empty((len(prompts), len(router.model_names)), dtype=np.float32)
+    C = np.empty((len(prompts), len(router.model_names)), dtype=np.float64)
     chunks = _chunks(len(prompts), batch_size)
     bar = None
     if progress:
@@ -213,13 +214,13 @@ def route_batch(router, prompts: Sequence[str], policy, *, batch_size: int = DEF
         bar = tqdm(total=len(prompts), unit="prompt", desc="predicting")
     try:
         for start, stop in chunks:
-            Q[start:stop] = router.predict(prompts[start:stop])
+            Q[start:stop], C[start:stop] = router.estimate(prompts[start:stop])
             if bar is not None:
                 bar.update(stop - start)
     finally:
         if bar is not None:
             bar.close()
-    decisions = router.decide(prompts, Q, policy)
+    decisions = router.decide(prompts, Q, policy, C)
     return _from_decisions(router.model_names, decisions, Q, with_q,
                            "exact" if isinstance(policy, Budget) else "per-prompt")
 
@@ -260,12 +261,12 @@ class BatchScorer:
 
     def __call__(self, batch: dict) -> dict:
         prompts = [str(p) for p in batch["prompt"].tolist()]
-        Q = self.router.predict(prompts)
+        Q, C = self.router.estimate(prompts)
         out = {"row": np.asarray(batch["row"], dtype=np.int64)}
         if self.mode == "qc":
-            out["Q"], out["C"] = Q, self.router.costs(prompts)
+            out["Q"], out["C"] = Q, C
             return out
-        decisions = self.router.decide(prompts, Q, self.policy)
+        decisions = self.router.decide(prompts, Q, self.policy, C)
         out["model"] = np.array([d.model for d in decisions], dtype=object)
         out["predicted_quality"] = np.array([d.predicted_quality for d in decisions], dtype=np.float64)
         out["expected_cost"] = np.array([d.expected_cost for d in decisions], dtype=np.float64)

@@ -322,7 +322,7 @@ def create_app(
             raise HTTPError(400, str(exc)) from None
         try:
             check_prompts(prompts)
-            Q = await router.apredict(prompts)
+            Q, C = await router.aestimate(prompts)
         except InvalidPrompt as exc:
             raise HTTPError(400, str(exc)) from None
         except QueueFull:
@@ -335,7 +335,7 @@ def create_app(
             log.exception("predictor pass failed")
             raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
         try:
-            decisions = router.decide(prompts, Q, policy)
+            decisions = router.decide(prompts, Q, policy, C)
             return (decisions, Q) if with_q else decisions
         except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
             raise HTTPError(400, str(exc)) from None

@@ -82,6 +82,11 @@ class TrainedRouter:
             lines.append("expected output tokens: " + "; ".join(
                 f"{src} for {len(ms)} model{'s' * (len(ms) > 1)}" + (f" {ms}" if len(ms) <= 4 else "")
                 for src, ms in by_source.items()))
+            if cm.output_length is not None:
+                ol = cm.output_length
+                lines.append(f"per-prompt output lengths: ridge on the encoding (alpha {ol.alpha:g} chosen on val, "
+                             f"val RMSE {ol.val_rmse_log:.3f} in log1p tokens; the router prices each prompt "
+                             "with them)")
         if self.report is None:
             lines.append("no test split: nothing held out to report (evaluate on other data with routoo-fast eval)")
         else:
@@ -156,8 +161,9 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     """Train the shipped recipe on `table` (an OutcomeTable) and report it on held-out prompts.
 
     encoder: an Encoder (default: the shipped MiniLM). prices: a PriceTable (default: the shipped one) for the
-    cost model (`costs.CostModel.from_table` on the train + val rows); equal_cost: quality-only routing;
-    cost_model: a ready CostModel instead. test_fraction: held out by prompt hash (default 0.2; 0 = none);
+    cost model (`costs.CostModel.from_table` on the train + val rows, plus its per-prompt output-length model,
+    `CostModel.fit_output_length`, when the table has output lengths or real costs); equal_cost: quality-only
+    routing; cost_model: a ready CostModel instead (used as given). test_fraction: held out by prompt hash (default 0.2; 0 = none);
     split: [P] of "train"/"val"/"test" instead. group_column: meta column of training-only group labels (default:
     the first of GROUP_COLUMNS present). recipe / grid: see `recipe.fit_recipe`. finetune_encoder: after the head,
     update the encoder too for `finetune_epochs`, written to `encoder_dir` (required then). num_threads: torch CPU
@@ -175,6 +181,7 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
         raise ValueError("finetune_encoder=True needs encoder_dir: where to write the tuned encoder")
     tr, va, te = (np.flatnonzero(split == s) for s in SPLIT_NAMES)
     fit_rows = np.concatenate([tr, va])
+    fit_lengths = cost_model is None
     if cost_model is None:
         cost_model = CostModel.from_table(table, prices, rows=fit_rows, equal_cost=equal_cost,
                                           default_output_tokens=default_output_tokens)
@@ -202,6 +209,8 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
                                 progress=progress)
         encoder = save_encoder(encoder, encoder_dir)
         x = encode_cached(encoder, table.prompts, cache_dir=cache_dir, progress=progress)
+    if fit_lengths:  # per-prompt output lengths from the encodings the router will compute (after any fine-tuning)
+        cost_model = cost_model.fit_output_length(table, x, tr, va)
     report, knn_report, k = _held_out(table, x, head, tr, va, te, knn_k)
     return TrainedRouter(head=head, model_names=list(table.models), encoder_spec=encoder.spec(), recipe_fit=fit,
                          cost_model=cost_model, split=split, report=report, knn_report=knn_report, knn_k=k,
