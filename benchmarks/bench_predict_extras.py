@@ -100,3 +100,28 @@ def test_head_plus_knn_plus_mf(benchmark, pooled, heads):
         return (q + m + knn.predict(pooled)) / 3
     assert benchmark(run).shape == (B, N)
     _record(benchmark, "head + kNN over 5500 + MF")
+
+
+def test_head_plus_output_lengths(benchmark, pooled, heads):
+    """What the shipped router adds: the cost model's per-prompt output lengths (`output_length.OutputLengthModel`,
+    a [D, N] ridge) and the per-prompt costs built from them (`CostModel.costs(output_tokens=)`)."""
+    from routoo_fast.costs import CostModel, PriceTable
+    from routoo_fast.output_length import OutputLengthModel
+
+    benchmark.group = "predict-time extras at batch 64"
+    rng = np.random.default_rng(2)
+    length = OutputLengthModel(rng.normal(size=(D, N)) * 0.01, np.full(N, 5.0), np.ones(N))
+    prices = PriceTable.load()
+    models = prices.models[:N]
+    cm = CostModel(models, prices, np.full(N, 300.0), output_length=length)
+    prompts = ["a prompt of a few words"] * B
+    tokens = np.full(B, 120)
+    x = torch.from_numpy(pooled)
+
+    def run():
+        with torch.inference_mode():
+            q = heads[0].probs(x).numpy()
+        return q, cm.costs(prompts, input_tokens=tokens, output_tokens=cm.output_tokens_of(pooled))
+    q, c = benchmark(run)
+    assert q.shape == c.shape == (B, N)
+    _record(benchmark, "head + output lengths + costs")

@@ -196,6 +196,11 @@ class Router:
         out = self.cost_model.output_tokens_of(pooled).astype(np.float32)
         return np.concatenate([Q, out], axis=1)
 
+    def predict_rows(self, prompts) -> np.ndarray:
+        """One predictor pass, no cache: Q [B, N], or [Q | expected output tokens] [B, 2N] when the cost model has
+        a length model (what the micro-batcher and the Q cache carry; `estimate` splits them into Q and C)."""
+        return self._predict_uncached(_check_prompts(prompts))
+
     def _split(self, prompts: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Q, C) from predictor rows."""
         N = len(self.model_names)
@@ -311,9 +316,9 @@ class Router:
         return self.batcher
 
     def _batcher_pass(self, prompts: list[str]) -> np.ndarray:
-        """What the batcher runs: predictor rows (`_rows`), or with the cache on the predictor alone (the cache was
-        looked up before the prompts joined the queue)."""
-        return self._rows(prompts) if self.q_cache is None else self._predict_uncached(prompts)
+        """What the batcher runs: one predictor pass (`predict_rows`; with the cache on, it was looked up before
+        the prompts joined the queue)."""
+        return self.predict_rows(prompts)
 
     def disable_batching(self) -> None:
         """Finish queued work and stop the batcher's worker. Idempotent."""

@@ -22,7 +22,7 @@ GOOD = ["What is the capital of France?", "Integrate x^2 sin x dx.", "Write a ha
 
 
 class GatedPredict:
-    """Stands in for router.predict: the pass holding HOLD waits for `gate`; a pass holding "poison" raises
+    """Stands in for router.predict_rows: the pass holding HOLD waits for `gate`; a pass holding "poison" raises
     InvalidPrompt, one holding "crash" raises RuntimeError; every call's prompts are recorded."""
 
     def __init__(self, predict):
@@ -43,8 +43,8 @@ class GatedPredict:
 @pytest.fixture()
 def gated_server():
     router = small_router()
-    gated = GatedPredict(router.predict)
-    router.predict = gated  # enable_batching (in the app's lifespan) hands the instance attribute to the batcher
+    gated = GatedPredict(router.predict_rows)
+    router.predict_rows = gated  # the batcher's pass calls router.predict_rows: the instance attribute wins
     app = create_app(router, None, max_wait=0.0)
     with serve_in_thread(app) as url:
         yield url, router, gated

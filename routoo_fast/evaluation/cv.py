@@ -7,7 +7,8 @@ Protocol, per dataset (`reproduce.DATASETS`):
   is all a predictor may use to choose anything (knobs, k, blend weights, early stopping).
 - Every predictor in the run is fitted on the same rows of every fold and predicts the fold's test prompts.
 - Each pool of the dataset is scored on the test prompts with every outcome of the pool: decisions are made with
-  predicted Q and expected costs (`costs.CostModel.from_table` on the fold's train + val rows) by a lambda sweep
+  predicted Q and expected costs (`costs.CostModel.from_table` on the fold's train + val rows, with its per-prompt
+  output-length model fitted on them, `CostModel.fit_output_length`, as `routoo-fast train` does) by a lambda sweep
   of `selector.tradeoff`, and scored with the true outcomes and true costs (`evaluation.curves`).
 - Metrics per fold: AIQ over [cheapest, most expensive single model], the gain in quality over the best single
   model (on that fold) at its cost, the fraction of its cost needed to match it, log loss and ECE of Q.
@@ -463,9 +464,9 @@ def cross_validate_dataset(result: CVResult, ds, x: np.ndarray, fits: Mapping[st
             for what, text in _fold_choices(memo).items():
                 result.choices.setdefault(pool, {}).setdefault(what, []).append(text)
         cm = CostModel.from_table(t, prices, rows=np.concatenate([tr, va]),
-                                  default_output_tokens=ds.default_output_tokens)
+                                  default_output_tokens=ds.default_output_tokens).fit_output_length(t, x, tr, va)
         sub = t.subset(te)
-        c_pred, c_true = cm.expected(sub), cm.true(sub)
+        c_pred, c_true = cm.expected(sub, features=x[te]), cm.true(sub)
         for pool, models in ds.pools.items():
             cols = [t.model_index(m) for m in models]
             Y = sub.scores[:, cols].astype(np.float64)

@@ -119,7 +119,9 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
     outcomes. router_note: how the report names where `head` came from.
 
     cost_model: the `costs.CostModel` routers decide with (a saved router's); default: built from the train rows
-    with `prices` (`CostModel.from_table`). Decisions are scored with `cost_model.true`: real costs.
+    with `prices` (`CostModel.from_table`, plus its per-prompt output-length model, `fit_output_length`). Expected
+    costs use the prompts' encodings x where the cost model has a length model, as the Router does. Decisions are
+    scored with `cost_model.true`: real costs.
     """
     import torch
 
@@ -132,6 +134,7 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
         raise ValueError(f"dataset {ds.name!r} needs train and test prompts, got {tr.size} and {te.size}")
     if cost_model is None:
         cost_model = CostModel.from_table(t, prices, rows=tr, default_output_tokens=ds.default_output_tokens)
+        cost_model = cost_model.fit_output_length(t, x, tr, va)
     elif list(cost_model.models) != list(t.models):
         raise ValueError(f"cost model prices {list(cost_model.models)}, the dataset has {list(t.models)}")
     if head is None:
@@ -145,7 +148,7 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
     q_knn_te = q_knn.predict(x[te])
     q_mf = MFRouter().fit(x, t.scores, tr, va).predict(x[te])
     sub = t.subset(te)
-    C_pred = cost_model.expected(sub)
+    C_pred = cost_model.expected(sub, features=x[te])
     C_true = cost_model.true(sub)
     reports = []
     for pool, models in ds.pools.items():
@@ -179,7 +182,7 @@ def _val_calibrated_point(t, va, cols, head, x, cost_model, Y, C_true, Q, C_pred
         return "val-calibrated point: no val prompt with every outcome"
     with torch.no_grad():
         qv = head.probs(torch.from_numpy(x[va][ok])).numpy()[:, cols].astype(np.float64)
-    cv = cost_model.expected(v)[ok][:, cols]
+    cv = cost_model.expected(v, features=x[va])[ok][:, cols]
     b = int(np.argmax(yv[ok].mean(0)))
     lam = calibrate_lambda(qv, cv, float(cv[:, b].mean()))
     choice = tradeoff(Q.astype(np.float64), C_pred, lam).choice

@@ -274,7 +274,7 @@ class RoutooDeployment:
             router.predictor.encoder.max_chars = opts["max_prompt_chars"]
         if opts["q_cache_bytes"]:
             router.enable_q_cache(opts["q_cache_bytes"])
-        router.serve_batching = ServeBatching(self.predict_pass, router._predict_uncached)  # rows [Q | lengths]
+        router.serve_batching = ServeBatching(self.predict_pass, router.predict_rows)
         self.router = router
         self.asgi_app = _replica_app(router, opts)
 
