@@ -315,7 +315,8 @@ def create_app(
     async def decide(prompts: list[str], policy, with_q: bool = False):
         """Route prompts: bad policy or budget -> 400, a prompt that is not valid text -> 400 before it joins a
         shared pass, full queue -> 503; a predictor failure -> 500 for the request it fails on alone (the batcher
-        re-runs a failed shared pass per request, so the neighbours get their answers). with_q: also return Q."""
+        re-runs a failed shared pass per request, so the neighbours get their answers). with_q: also return Q and
+        the expected costs C the decisions were made with."""
         try:
             policy = router.check_policy(policy)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -336,7 +337,7 @@ def create_app(
             raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
         try:
             decisions = router.decide(prompts, Q, policy, C)
-            return (decisions, Q) if with_q else decisions
+            return (decisions, Q, C) if with_q else decisions
         except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
             raise HTTPError(400, str(exc)) from None
 
@@ -410,10 +411,10 @@ def create_app(
                 if spend_state is not None and spend_state.tighten:  # near a cap: the cheaper half only
                     policy = cheaper_half(policy, router, text)
                     headers["x-routoo-spend-tightened"] = "true"
-                decisions, Q = await decide([text], policy, with_q=True)
+                decisions, Q, C = await decide([text], policy, with_q=True)
                 decision = decisions[0]
                 if affinity is not None:  # a conversation stays on its model unless a stronger one is asked for
-                    costs = router.cost_model.costs([text])[0]
+                    costs = C[0]
                     decision, headers["x-routoo-affinity"] = affinity.resolve(
                         session_of(body, request.headers, key)[0], decision, policy.models,
                         lambda m: float(Q[0, model_index[m]]), lambda m: float(costs[model_index[m]]))
