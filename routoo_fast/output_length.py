@@ -145,6 +145,15 @@ class OutputLengthModel:
                 scale[n] = out[fit_rows[s], n].mean() / raw[s, n].mean()
         return cls(weight, bias, scale, alpha=alpha, val_rmse_log=val_rmse)
 
+    def with_constant_model(self, tokens: float) -> "OutputLengthModel":
+        """This model plus one more column predicting `tokens` for every prompt (a model added without output
+        lengths to learn from, e.g. by `train.add_model`)."""
+        t = float(tokens)
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(f"tokens must be finite and >= 0, got {tokens!r}")
+        return OutputLengthModel(np.c_[self.weight, np.zeros(self.d_in)], np.r_[self.bias, math.log1p(t)],
+                                 np.r_[self.scale, 1.0], alpha=self.alpha, val_rmse_log=self.val_rmse_log)
+
     def tensors(self) -> dict:
         """{weight [D, N], bias [N], scale [N]} float64 numpy arrays, for saving."""
         return {"weight": self.weight, "bias": self.bias, "scale": self.scale}

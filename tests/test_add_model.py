@@ -118,6 +118,31 @@ def test_saved_router_round_trip(tmp_path):
         torch.testing.assert_close(back.head(torch.from_numpy(x))[:, :2], head(torch.from_numpy(x)))
 
 
+def test_added_model_gets_a_constant_output_length(tmp_path):
+    """A router with a per-prompt output-length model keeps it for its old models and prices the added one with the
+    expected_output_tokens it was given."""
+    from routoo_fast.costs import CostModel, PriceTable
+    from routoo_fast.output_length import OutputLengthModel
+
+    x, y = synthetic(P=200, N=3)
+    D = x.shape[1]
+    head, _ = train_head(x, y[:, :2], np.arange(150), np.arange(150, 200),
+                         TrainConfig(ensemble=1, hidden=8, epochs=5), progress=False)
+    prices = PriceTable.from_dict({m: {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0} for m in ("a", "b")})
+    rng = np.random.default_rng(3)
+    length = OutputLengthModel(rng.normal(size=(D, 2)) * 0.3, np.log1p([10.0, 20.0]), np.ones(2))
+    spec = {"path": None, "max_length": 256, "batch_size": 64, "pooling": "mean"}
+    save_router(tmp_path / "r", head, ["a", "b"], spec, CostModel(["a", "b"], prices, [10.0, 20.0],
+                                                                  output_length=length))
+    new = add_model(load_router(tmp_path / "r"), y[:100, 2], x[:100], name="c", price=(0.5, 1.5),
+                    expected_output_tokens=30)
+    out = new.cost_model.output_tokens_of(x[:7])
+    np.testing.assert_allclose(out[:, :2], length.predict(x[:7]))
+    np.testing.assert_allclose(out[:, 2], 30.0)
+    save_router(tmp_path / "r2", new.head, new.model_names, new.config["encoder"], new.cost_model)
+    np.testing.assert_allclose(load_router(tmp_path / "r2").output_length.predict(x[:7]), out)
+
+
 def test_bad_input():
     torch.manual_seed(0)
     head = ScoringHead(4, 2, hidden=3)

@@ -142,7 +142,8 @@ def add_model(base, scores, features=None, *, prompts=None, encoder=None, name: 
     (encoded with `encoder`, or for a SavedRouter with the encoder its config names).
     ScoringHead in -> ScoringHead out (N+1 models, the new one last).
     SavedRouter in -> SavedRouter out, with `name`, its `price` ((input, output) USD per 1M tokens or a price
-    dict) and `expected_output_tokens` appended; save it with `saved.save_router`.
+    dict) and `expected_output_tokens` appended (a per-prompt output-length model gets a constant column for it);
+    save it with `saved.save_router(path, ..., saved.cost_model)`.
     """
     from routoo_fast.saved import SavedRouter
 
@@ -183,5 +184,7 @@ def add_model(base, scores, features=None, *, prompts=None, encoder=None, name: 
     k = int(np.sum(~np.isnan(np.asarray(scores, dtype=np.float64))))
     metadata["added_models"] = list(metadata.get("added_models", [])) + [{"name": name, "k": k, "l2": l2_used}]
     config["metadata"] = metadata
+    length = None if base.output_length is None else base.output_length.with_constant_model(eo)
     return SavedRouter(config=config, head=new_head, model_names=names, prices=prices,
-                       expected_output_tokens=np.r_[base.expected_output_tokens, eo], metadata=metadata)
+                       expected_output_tokens=np.r_[base.expected_output_tokens, eo], metadata=metadata,
+                       output_length=length)
