@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -279,3 +280,19 @@ def test_abandoned_stream_is_charged(upstream_url, tmp_path):
             time.sleep(0.02)
     row = db.execute("SELECT COUNT(*), MAX(model), MAX(key) FROM charges").fetchone()
     assert row == (1, "stall-model", key_id(KEY_A))  # a model the router does not price: 0 USD, but charged
+
+
+def test_cheaper_half_uses_the_given_per_prompt_costs():
+    """With costs from Router.estimate (per-prompt output lengths) the cheaper half follows them, not the means."""
+    from routoo_fast.policies import parse_policy
+    from routoo_fast.serve.spend import cheaper_half
+
+    router = small_router()
+    policy = parse_policy("max_quality")
+    mean_costs = router.cost_model.costs([PROMPT])[0]
+    flipped = mean_costs.max() + mean_costs.min() - mean_costs  # the cheapest model is now the dearest
+    by_means = cheaper_half(policy, router, PROMPT).models
+    by_given = cheaper_half(policy, router, PROMPT, flipped).models
+    assert set(by_means) == {m for m, c in zip(MODELS, mean_costs) if c <= np.median(mean_costs)}
+    assert set(by_given) == {m for m, c in zip(MODELS, flipped) if c <= np.median(flipped)}
+    assert set(by_given) != set(by_means)

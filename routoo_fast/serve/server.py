@@ -312,11 +312,12 @@ def create_app(
             if batching:
                 await run_in_threadpool(router.disable_batching)
 
-    async def decide(prompts: list[str], policy, with_q: bool = False):
+    async def decide(prompts: list[str], policy, with_q: bool = False, restrict=None):
         """Route prompts: bad policy or budget -> 400, a prompt that is not valid text -> 400 before it joins a
         shared pass, full queue -> 503; a predictor failure -> 500 for the request it fails on alone (the batcher
         re-runs a failed shared pass per request, so the neighbours get their answers). with_q: also return Q and
-        the expected costs C the decisions were made with."""
+        the expected costs C the decisions were made with. restrict: (policy, C) -> policy, applied once C is
+        known (spend-cap tightening)."""
         try:
             policy = router.check_policy(policy)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -336,6 +337,8 @@ def create_app(
             log.exception("predictor pass failed")
             raise HTTPError(500, f"routing failed: {type(exc).__name__}: {exc}", "server_error") from None
         try:
+            if restrict is not None:
+                policy = restrict(policy, C)
             decisions = router.decide(prompts, Q, policy, C)
             return (decisions, Q, C) if with_q else decisions
         except (ValueError, TypeError) as exc:  # e.g. a budget below the cheapest possible total
@@ -408,10 +411,11 @@ def create_app(
                 policy = _restrict_to_upstreams(policy, routable, upstreams)
                 route_start = time.perf_counter()
                 text = _check_text(_last_user_text(messages), "the last user message")
+                restrict = None
                 if spend_state is not None and spend_state.tighten:  # near a cap: the cheaper half only
-                    policy = cheaper_half(policy, router, text)
+                    restrict = lambda p, C: cheaper_half(p, router, text, C[0])  # noqa: E731
                     headers["x-routoo-spend-tightened"] = "true"
-                decisions, Q, C = await decide([text], policy, with_q=True)
+                decisions, Q, C = await decide([text], policy, with_q=True, restrict=restrict)
                 decision = decisions[0]
                 if affinity is not None:  # a conversation stays on its model unless a stronger one is asked for
                     costs = C[0]

@@ -288,12 +288,15 @@ class SpendGuard:
         self.ledger.charge(key, model, usd)
 
 
-def cheaper_half(policy, router, prompt: str):
-    """`policy` routed only among the cheaper half of its candidates for `prompt`: models whose expected cost
-    (the router's cost model) is at most the median of the candidates' expected costs."""
+def cheaper_half(policy, router, prompt: str, costs=None):
+    """`policy` routed only among the cheaper half of its candidates for `prompt`: models whose expected cost is
+    at most the median of the candidates' expected costs. costs [N]: the prompt's expected costs in
+    router.model_names order (from `Router.estimate`, with per-prompt output lengths); None = the router's cost
+    model with each model's mean output length."""
     names = list(policy.models) if policy.models is not None else list(router.model_names)
     index = {m: i for i, m in enumerate(router.model_names)}
-    costs = router.cost_model.costs([prompt])[0][[index[m] for m in names]]
+    row = router.cost_model.costs([prompt])[0] if costs is None else np.asarray(costs, dtype=np.float64)
+    costs = row[[index[m] for m in names]]
     median = float(np.median(costs))
     keep = tuple(m for m, c in zip(names, costs) if c <= median)
     return replace(policy, models=keep)
