@@ -38,11 +38,30 @@ def small_router(max_length: int = 32):
     return Router(small_predictor(max_length), PriceTable.load(), EXPECTED_OUTPUT_TOKENS)
 
 
-def save_small_router(path, max_length: int = 32):
-    """Write the small router as a router directory (routoo_fast.saved format) at `path`; returns the path."""
-    from routoo_fast.costs import PriceTable
+def small_length_model(max_length: int = 32):
+    """A per-prompt output-length model for the small router: a seeded random direction of the encoding around
+    EXPECTED_OUTPUT_TOKENS, so that prompts get clearly different lengths."""
+    import numpy as np
+
+    from routoo_fast.output_length import OutputLengthModel
+
+    d = small_predictor(max_length).head.d_in
+    rng = np.random.default_rng(4321)
+    return OutputLengthModel(rng.normal(size=(d, len(MODELS))) * 2.0,
+                             np.log1p([EXPECTED_OUTPUT_TOKENS[m] for m in MODELS]), np.ones(len(MODELS)))
+
+
+def save_small_router(path, max_length: int = 32, lengths: bool = False):
+    """Write the small router as a router directory (routoo_fast.saved format) at `path`; returns the path.
+    lengths: with a per-prompt output-length model in its cost model (`small_length_model`)."""
+    from routoo_fast.costs import CostModel, PriceTable
     from routoo_fast.saved import save_router
 
     predictor = small_predictor(max_length)
+    meta = {"note": "untrained test router (seeded random head)"}
+    if lengths:
+        cost_model = CostModel(list(MODELS), PriceTable.load(), EXPECTED_OUTPUT_TOKENS,
+                               output_length=small_length_model(max_length))
+        return save_router(path, predictor.head, list(MODELS), predictor.encoder.spec(), cost_model, metadata=meta)
     return save_router(path, predictor.head, list(MODELS), predictor.encoder.spec(), PriceTable.load(),
-                       EXPECTED_OUTPUT_TOKENS, metadata={"note": "untrained test router (seeded random head)"})
+                       EXPECTED_OUTPUT_TOKENS, metadata=meta)

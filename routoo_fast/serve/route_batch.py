@@ -419,7 +419,7 @@ def _run_on_ray(ray, router, router_kwargs, prompts, policy, actors, batch_size,
     if len(prompts) * len(names) <= gather_max_cells:
         cols = _collect(scored, ["row", "Q", "C"])
         Q = cols["Q"].astype(np.float32)
-        decisions = router.decide(prompts, Q, policy)  # the in-process call on the same Q
+        decisions = router.decide(prompts, Q, policy, cols["C"])  # the in-process call on the same Q and C
         return _from_decisions(names, decisions, Q, with_q, "gather")
     scored = scored.materialize()  # Q and C stay in the object store for the passes below
     allowed = _allowed_mask(names, policy)
