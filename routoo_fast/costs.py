@@ -391,8 +391,7 @@ class CostModel:
         out = np.full((P, N), np.nan) if table.output_tokens is None else \
             table.output_tokens[:, cols].astype(np.float64)
         if table.cost is not None:
-            tok = np.asarray(table.input_tokens if table.input_tokens is not None
-                             else self.input_tokens(table.prompts), dtype=np.float64)
+            tok = self._table_input_tokens(table)
             real = np.asarray(table.cost, dtype=np.float64)[:, cols]
             with np.errstate(invalid="ignore", divide="ignore"):
                 implied = np.maximum((real - tok[:, None] * self.input_price) / self.output_price, 0.0)
@@ -429,6 +428,11 @@ class CostModel:
             return math.nan
         return float(input_tokens * self.input_price[j] + output_tokens * self.output_price[j])
 
+    def _table_input_tokens(self, table) -> np.ndarray:
+        """float64 [P]: the table's input token counts, else this cost model's count of its prompts."""
+        tok = table.input_tokens if table.input_tokens is not None else self.input_tokens(table.prompts)
+        return np.asarray(tok, dtype=np.float64)
+
     def _columns(self, table) -> np.ndarray:
         try:
             return np.array([table.models.index(m) for m in self.models], dtype=np.int64)
@@ -450,12 +454,12 @@ class CostModel:
         if self.equal_cost:
             return self.expected(table)
         cols = self._columns(table)
-        tok = (table.input_tokens if table.input_tokens is not None else self.input_tokens(table.prompts))
+        tok = self._table_input_tokens(table)
         if table.output_tokens is not None:
             out = table.output_tokens[:, cols].astype(np.float64)
         else:
             out = np.broadcast_to(self.expected_output_tokens, (table.n_prompts, len(self.models)))
-        C = np.asarray(tok, dtype=np.float64)[:, None] * self.input_price[None, :] + out * self.output_price[None, :]
+        C = tok[:, None] * self.input_price[None, :] + out * self.output_price[None, :]
         if table.cost is not None:
             real = table.cost[:, cols]
             C = np.where(np.isfinite(real), real, C)

@@ -159,8 +159,10 @@ def save_router(path, head, model_names, encoder_spec: dict, prices, expected_ou
         (tmp / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / HEAD_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         if length is not None:
-            save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in length.tensors().items()},
-                      str(tmp / LENGTH_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+            from safetensors.numpy import save_file as save_numpy
+
+            save_numpy({k: np.ascontiguousarray(v) for k, v in length.tensors().items()}, str(tmp / LENGTH_FILE),
+                       metadata={"format_version": str(FORMAT_VERSION)})
     return Path(path)
 
 
