@@ -564,6 +564,10 @@ def _check_serve_args(args) -> None:
         from .serve.spend import SpendConfig
 
         SpendConfig.load(args.spend_caps)
+    if args.upstreams:  # the same for a bad upstreams file (each worker loads it again)
+        from .serve.upstreams import Upstreams
+
+        Upstreams.load(args.upstreams)
     if args.auth_token_env and not os.environ.get(args.auth_token_env):
         raise UserError(f"--auth-token-env {args.auth_token_env}: that environment variable is not set")
     if args.workers > 1 and args.threads is None:

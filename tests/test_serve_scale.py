@@ -138,3 +138,13 @@ def test_metrics_show_zeros_with_the_cache_off():
     with serve_in_thread(app) as url:
         text = httpx.get(url + "/metrics", timeout=30).text
     assert "routoo_q_cache_hits_total 0.0" in text and "routoo_q_cache_max_bytes 0.0" in text
+
+
+def test_a_bad_upstreams_file_fails_in_the_parent_before_any_worker(captured, monkeypatch, tmp_path, capsys):
+    started = []
+    monkeypatch.setattr(cli, "_REUSEPORT", True)
+    monkeypatch.setattr(cli, "_serve_reuseport", lambda args, common: started.append(args) or 0)
+    bad = tmp_path / "upstreams.json"
+    bad.write_text('{"defaults": {}}')
+    assert cli.main(["serve", "--workers", "2", "--upstreams", str(bad)]) != 0
+    assert started == [] and "needs a non-empty 'models' object" in capsys.readouterr().err
