@@ -204,3 +204,10 @@ def test_saved_router_round_trips_its_length_model(tmp_path):
     (tmp_path / "r" / LENGTH_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="output_length.safetensors"):
         load_router(tmp_path / "r")
+
+
+def test_decide_names_a_wrong_cost_shape():
+    router = _router(_length_model())
+    Q, C = router.estimate(PROMPTS)
+    with pytest.raises(ValueError, match=r"C must have shape \(4, 4\)"):
+        router.decide(PROMPTS, Q, "max_quality", C[:, :2])
