@@ -128,3 +128,110 @@ def test_fit_recipe_head_learns_and_returns_a_plain_head():
         q = head.probs(torch.from_numpy(x[250:])).numpy()
     corr = [np.corrcoef(q[:, j], p[250:, j])[0, 1] for j in range(N)]
     assert min(corr) > 0.6, corr
+
+
+def test_inner_folds_keep_identical_rows_together_and_depend_only_on_which_rows_are_equal():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    x[30:] = x[:10]  # 10 repeated prompts
+    rows = np.arange(40)
+    f = rc.inner_folds(x, rows, 4)
+    assert f.shape == (40,) and f.dtype == np.int64 and set(f.tolist()) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(f[30:], f[:10])
+    groups_per_fold = np.bincount(f[:30], minlength=4)  # 30 distinct prompts dealt to 4 folds
+    assert groups_per_fold.min() >= 7 and groups_per_fold.max() <= 8
+    # other values, the same rows equal (another CPU's rounding): the same folds
+    np.testing.assert_array_equal(rc.inner_folds(x * 1.001 + 0.25, rows, 4), f)
+    # rows is a selection, one fold id per selected row: rows 35 and 5 hold the same prompt
+    sel = rc.inner_folds(x, np.array([35, 5, 12]), 2)
+    assert sel.shape == (3,) and sel[0] == sel[1]
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        rc.inner_folds(x, rows, 1)
+
+
+def test_select_folds_for_cross_fits_small_data_only():
+    assert rc.select_folds_for(rc.SELECT_FOLDS_BELOW - 1) == rc.SELECT_FOLDS >= 2
+    assert rc.select_folds_for(rc.SELECT_FOLDS_BELOW) == 1
+
+
+def _cross_fit_reference(x, y, tr, va, grid, recipe, k):
+    """The knob choice written out: per grid point, the heads of every split early-stopped on the rows they
+    predict, the out-of-fold logits shrunk with that split's priors, one log loss over all held-out entries."""
+    from routoo_fast.train.fit import merge_heads, model_priors, train_head
+
+    rows = np.concatenate([tr, va])
+    if k == 1:
+        splits = [(tr, va)]
+    else:
+        fold = rc.inner_folds(x, rows, k)
+        splits = [(rows[fold != f], rows[fold == f]) for f in range(k)]
+    losses, epochs, oof = {}, {}, {}
+    for hidden in grid["hidden"]:
+        r = rc.Recipe(**{**recipe.to_dict(), "hidden": hidden, "beta": 1.0})
+        per_split = []
+        for s_tr, s_va in splits:
+            members = [train_head(x, y, s_tr, s_va, rc._config(r, s, 1), progress=False)
+                       for s in range(max(grid["n_seeds"]))]
+            per_split.append((s_tr, s_va, members))
+        epochs[hidden] = [[h.best_epoch + 1 for _, h in m] for _, _, m in per_split]
+        for n in grid["n_seeds"]:
+            for a in grid["logit_shrink"]:
+                for c in grid["interaction_shrink"]:
+                    total, count, held = 0.0, 0, {}
+                    for s_tr, s_va, members in per_split:
+                        with torch.no_grad():
+                            z = merge_heads([h for h, _ in members[:n]])(torch.from_numpy(x[s_va])).double().numpy()
+                        p = rc.model_priors(y, s_tr)
+                        zz = rc.shrunk_logits(z, np.log(p / (1 - p)), a, c)
+                        seen = ~np.isnan(y[s_va])
+                        total += float(np.sum(np.logaddexp(0, zz[seen]) - y[s_va][seen] * zz[seen]))
+                        count += int(seen.sum())
+                        held.update({int(i): zz[j] for j, i in enumerate(s_va)})
+                    losses[(hidden, n, a, c)] = total / count
+                    oof[(hidden, n, a, c)] = held
+    return losses, epochs, oof
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_cross_fitted_knob_choice_matches_the_written_out_reference(k):
+    rng = np.random.default_rng(3)
+    P, D, N = 150, 5, 3
+    x = rng.normal(size=(P, D)).astype(np.float32)
+    x[140:] = x[:10]  # repeats share an inner fold
+    y = (rng.random((P, N)) < 1 / (1 + np.exp(-x[:, :N]))).astype(np.float32)
+    y[rng.random((P, N)) < 0.05] = np.nan
+    tr, va = np.arange(0, 120), np.arange(120, P)
+    grid = {"hidden": (4, 8), "beta": (1.0,), "n_seeds": (1, 2), "logit_shrink": (0.7, 1.0),
+            "interaction_shrink": (1.0, 0.5)}
+    recipe = rc.Recipe(epochs=25, patience=4, lr=3e-3)
+
+    class Count:
+        n = 0
+
+        def update(self, m):
+            self.n += m
+    bar = Count()
+    fit = rc.fit_recipe(x, y, tr, va, grid=grid, recipe=recipe, select_folds=k, progress=bar)
+    assert fit.select_folds == k and bar.n == rc.fit_count(grid, recipe, select_folds=k)
+    losses, epochs, oof = _cross_fit_reference(x, y, tr, va, grid, recipe, k)
+    got = {(g["hidden"], g["n_seeds"], g["logit_shrink"], g["interaction_shrink"]): g["val_loss"] for g in fit.grid}
+    assert got.keys() == losses.keys()
+    for key, loss in losses.items():
+        assert got[key] == pytest.approx(loss, rel=1e-9), key
+    best = min(losses, key=lambda key: (losses[key], list(losses).index(key)))
+    r = fit.recipe
+    assert (r.hidden, r.n_seeds, r.logit_shrink, r.interaction_shrink) == best
+    assert fit.val_loss == pytest.approx(losses[best], rel=1e-9)
+    want_epochs = [int(round(float(np.median([e[s] for e in epochs[r.hidden]])))) for s in range(r.n_seeds)]
+    assert fit.epochs == want_epochs
+    want_val = 1 / (1 + np.exp(-np.stack([oof[best][int(i)] for i in va])))
+    np.testing.assert_allclose(fit.val_probs, want_val, rtol=1e-5, atol=1e-6)
+    assert fit.refit_rows == P and ("cross-fitting" in fit.summary()) == (k > 1)
+
+
+def test_fit_recipe_names_a_bad_select_folds():
+    x = np.zeros((10, 2), np.float32)
+    y = np.ones((10, 1), np.float32)
+    for bad in (0, 2.5, "5"):
+        with pytest.raises(ValueError, match="select_folds must be a positive integer"):
+            rc.fit_recipe(x, y, np.arange(8), np.arange(8, 10), grid={}, select_folds=bad)

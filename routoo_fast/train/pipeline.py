@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from routoo_fast.data.splits import DEFAULT_TEST_FRACTION, SPLIT_NAMES, split_by_hash, split_counts, split_fractions
-from routoo_fast.train.recipe import GRID, RecipeFit, fit_count, fit_recipe
+from routoo_fast.train.recipe import GRID, RecipeFit, fit_count, fit_recipe, select_folds_for
 
 __all__ = ["TrainedRouter", "train_router", "train_and_save", "check_trainable", "prompt_hashes", "join_hashes",
            "split_hashes", "GROUP_COLUMNS"]
@@ -194,9 +194,11 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     x = features(table.prompts, encoder, cache_dir=cache_dir, progress=progress)
     from tqdm.auto import tqdm
 
-    with tqdm(total=fit_count(grid, recipe), desc="training", unit="head", disable=not progress) as bar:
+    k = select_folds_for(fit_rows.size)
+    with tqdm(total=fit_count(grid, recipe, select_folds=k), desc="training", unit="head",
+              disable=not progress) as bar:
         fit = fit_recipe(x, table.scores, tr, va, groups=groups, recipe=recipe, grid=grid,
-                         num_threads=num_threads or 1, progress=bar)
+                         num_threads=num_threads or 1, progress=bar, select_folds=k)
     head = fit.head
     tune_history = None
     if finetune_encoder:

@@ -39,12 +39,19 @@ import numpy as np
 
 from routoo_fast.train.fit import TrainConfig, merge_heads, model_priors, train_head
 
-__all__ = ["Recipe", "GRID", "RecipeFit", "fit_recipe", "fit_count", "fit_recipe_head", "group_targets", "shrink_logits",
+__all__ = ["Recipe", "GRID", "SELECT_FOLDS", "SELECT_FOLDS_BELOW", "RecipeFit", "fit_recipe", "fit_count",
+           "select_folds_for", "inner_folds", "fit_recipe_head", "group_targets", "shrink_logits",
            "shrink_interactions", "shrunk_logits", "model_priors"]
 
 # the data-dependent knobs `fit_recipe` chooses on the validation split (the shipped values are in each list)
 GRID = {"hidden": (32, 128), "beta": (0.3, 1.0), "n_seeds": (1, 2, 4), "logit_shrink": (0.5, 0.7, 0.85, 1.0),
         "interaction_shrink": (1.0, 0.75, 0.5, 0.25)}  # 1.0 first: a tie keeps the head as trained
+# The knobs are scored by K-fold cross-fitting on train + val when train + val holds fewer than
+# SELECT_FOLDS_BELOW prompts: there one val split (1/8: 70 to 290 prompts on the ZeroEval and RouterBench pools)
+# chooses noisily; above it the val split alone, at 1/K of the cost (docs/EVALUATION.md).
+SELECT_FOLDS = 5
+SELECT_FOLDS_BELOW = 4000
+_FOLD_SEED = 0
 
 
 @dataclass
@@ -175,12 +182,14 @@ class RecipeFit:
     val_loss: float = math.nan  # of the chosen recipe, before the refit on train + val
     refit_rows: int = 0
     val_probs: np.ndarray | None = None  # [len(val_idx), N] Q of the chosen recipe on val, before the refit
+    select_folds: int = 1  # K of the knob choice: 1 = on val, K >= 2 = out-of-fold over K folds of train + val
 
     def summary(self) -> str:
         r = self.recipe
-        return (f"recipe chosen on val from {len(self.grid)} grid points: hidden {r.hidden}, beta {r.beta}, "
+        where = "on val" if self.select_folds < 2 else f"by {self.select_folds}-fold cross-fitting on train + val"
+        return (f"recipe chosen {where} from {len(self.grid)} grid points: hidden {r.hidden}, beta {r.beta}, "
                 f"{r.n_seeds} seeds, logit shrink {r.logit_shrink}, interaction shrink {r.interaction_shrink} "
-                f"(val log loss {self.val_loss:.4f}); refitted "
+                f"(held-out log loss {self.val_loss:.4f}); refitted "
                 f"on {self.refit_rows} train + val prompts for {self.epochs} epochs")
 
 
@@ -197,13 +206,42 @@ def _config(recipe: Recipe, seed: int, num_threads, epochs: int | None = None) -
                        patience=recipe.patience, seed=seed, ensemble=1, num_threads=num_threads)
 
 
+def select_folds_for(n_rows: int) -> int:
+    """K of the cross-fitted knob choice for `n_rows` train + val prompts: SELECT_FOLDS below SELECT_FOLDS_BELOW
+    prompts, else 1 (the val split alone)."""
+    return SELECT_FOLDS if n_rows < SELECT_FOLDS_BELOW else 1
+
+
+def inner_folds(features, rows, k: int) -> np.ndarray:
+    """Fold id in [0, k) per row of `rows` [R] for the cross-fitted knob choice -> int64 [R].
+
+    Rows with identical feature vectors (identical prompts: the encoding cache encodes a text once) share a fold;
+    groups are numbered by first occurrence and dealt to folds by a fixed-seed permutation, so the folds depend
+    only on the row order and which rows are equal, not on the float values (the same on every CPU)."""
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    rows = np.asarray(rows, dtype=np.int64)
+    x = np.ascontiguousarray(np.asarray(features, dtype=np.float32)[rows])
+    _, first, inverse = np.unique(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel(),
+                                  return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)  # group number by first occurrence
+    deal = np.random.default_rng(_FOLD_SEED).permutation(first.size) % k
+    return deal[rank[inverse.ravel()]]
+
+
 def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe | None = None, grid=GRID,
-               refit: bool = True, num_threads: int | None = 1, progress=None) -> RecipeFit:
-    """The shipped recipe with its data-dependent knobs chosen on val, refitted on train + val (see the module
-    docstring). features [P, D] pooled encodings; scores [P, N] (NaN = missing); groups [P] training-only group
-    labels (e.g. the MMLU subject) or None. recipe: the other knobs (default Recipe()); grid: {knob: values} over
-    hidden, beta, n_seeds, logit_shrink, interaction_shrink (None or {} = no choice: `recipe` as given). progress: a tqdm-like bar
-    advanced once per head fitted (total `fit_count(grid, recipe)`), or None.
+               refit: bool = True, num_threads: int | None = 1, progress=None,
+               select_folds: int | None = None) -> RecipeFit:
+    """The shipped recipe with its data-dependent knobs chosen on held-out prompts, refitted on train + val (see
+    the module docstring). features [P, D] pooled encodings; scores [P, N] (NaN = missing); groups [P]
+    training-only group labels (e.g. the MMLU subject) or None. recipe: the other knobs (default Recipe()); grid:
+    {knob: values} over hidden, beta, n_seeds, logit_shrink, interaction_shrink (None or {} = no choice: `recipe`
+    as given). select_folds: K >= 2 scores every grid point by its out-of-fold log loss over K folds of
+    train + val (`inner_folds`), each fold's heads early-stopped on the fold they predict, and refits for the
+    median of their epochs; 1 scores on val_idx only; None = `select_folds_for(train + val prompts)`. Without a
+    refit the knobs are always chosen on val_idx (the returned head is the one trained on train_idx).
+    progress: a tqdm-like bar advanced once per head fitted (total `fit_count(grid, recipe, refit, K)`), or None.
     """
     import torch
 
@@ -225,36 +263,59 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     shrinks = tuple(grid.get("logit_shrink", (base.logit_shrink,)))
     inter = tuple(grid.get("interaction_shrink", (base.interaction_shrink,)))
     fit_rows = np.concatenate([tr, va])
-    prior_tr = model_priors(y, tr)
-    logit_prior = np.log(prior_tr / (1 - prior_tr))
-    xv = torch.from_numpy(x[va])
-    results, trained = [], {}
-    val_logits = {}
+    k = select_folds_for(fit_rows.size) if select_folds is None else select_folds
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"select_folds must be a positive integer or None, got {k!r}")
+    if refit and k >= 2:
+        fold = inner_folds(x, fit_rows, int(k))
+        splits = [(fit_rows[fold != f], fit_rows[fold == f]) for f in range(int(k))]
+    else:
+        splits = [(tr, va)]
+    # held-out rows of every split, each row once: its raw logits per (hidden, beta, n_seeds) and its split's prior
+    held = np.concatenate([h for _, h in splits])
+    logit_prior = np.empty((held.size, y.shape[1]))
+    raw, epochs_of, trained = {}, {}, {}
+    start = 0
+    for s_tr, s_va in splits:
+        rows = slice(start, start + s_va.size)
+        start += s_va.size
+        prior_s = model_priors(y, s_tr)
+        logit_prior[rows] = np.log(prior_s / (1 - prior_s))
+        xv = torch.from_numpy(x[s_va])
+        for hidden, beta in itertools.product(hiddens, betas):
+            r = replace(base, hidden=int(hidden), beta=float(beta))
+            targets = group_targets(y, groups, fit_rows, r.beta, r.group_shrink)
+            members = []
+            for s in range(max(seeds)):
+                head, hist = train_head(x, targets, s_tr, s_va, _config(r, s, num_threads), progress=False)
+                members.append((head, hist.best_epoch + 1))
+                if progress is not None:
+                    progress.update(1)
+            epochs_of.setdefault((r.hidden, r.beta), []).append([e for _, e in members])
+            if len(splits) == 1:
+                trained[(r.hidden, r.beta)] = members
+            for n in seeds:
+                with torch.no_grad():
+                    z = merge_heads([h for h, _ in members[:n]])(xv).double().numpy()
+                raw.setdefault((r.hidden, r.beta, int(n)), np.empty((held.size, y.shape[1])))[rows] = z
+    y_held = y[held]
+    results, held_logits = [], {}
     for hidden, beta in itertools.product(hiddens, betas):
-        r = replace(base, hidden=int(hidden), beta=float(beta))
-        targets = group_targets(y, groups, fit_rows, r.beta, r.group_shrink)
-        members = []
-        for s in range(max(seeds)):
-            head, hist = train_head(x, targets, tr, va, _config(r, s, num_threads), progress=False)
-            members.append((head, hist.best_epoch + 1))
-            if progress is not None:
-                progress.update(1)
-        trained[(r.hidden, r.beta)] = members
         for n in seeds:
-            with torch.no_grad():
-                z = merge_heads([h for h, _ in members[:n]])(xv).double().numpy()
+            z = raw[(int(hidden), float(beta), int(n))]
             for a, c in itertools.product(shrinks, inter):
-                key = (r.hidden, r.beta, int(n), float(a), float(c))
-                val_logits[key] = shrunk_logits(z, logit_prior, a, c)
-                results.append({"hidden": r.hidden, "beta": r.beta, "n_seeds": int(n), "logit_shrink": float(a),
-                                "interaction_shrink": float(c), "val_loss": _masked_log_loss(val_logits[key], y[va])})
-    # the lowest val loss; a tie keeps the earliest grid point
+                key = (int(hidden), float(beta), int(n), float(a), float(c))
+                held_logits[key] = shrunk_logits(z, logit_prior, a, c)
+                results.append({"hidden": int(hidden), "beta": float(beta), "n_seeds": int(n),
+                                "logit_shrink": float(a), "interaction_shrink": float(c),
+                                "val_loss": _masked_log_loss(held_logits[key], y_held)})
+    # the lowest held-out loss; a tie keeps the earliest grid point
     best = min(range(len(results)), key=lambda i: (results[i]["val_loss"], i))
     choice = results[best]
     chosen = replace(base, hidden=choice["hidden"], beta=choice["beta"], n_seeds=choice["n_seeds"],
                      logit_shrink=choice["logit_shrink"], interaction_shrink=choice["interaction_shrink"])
-    members = trained[(chosen.hidden, chosen.beta)][:chosen.n_seeds]
-    epochs = [e for _, e in members]
+    per_split = epochs_of[(chosen.hidden, chosen.beta)]
+    epochs = [int(round(float(np.median([e[s] for e in per_split])))) for s in range(chosen.n_seeds)]
     if refit:
         targets = group_targets(y, groups, fit_rows, chosen.beta, chosen.group_shrink)
         heads = []
@@ -268,20 +329,25 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
         head = merge_heads(heads)
         prior = model_priors(y, fit_rows)
     else:
-        head = merge_heads([h for h, _ in members])
-        prior = prior_tr
+        head = merge_heads([h for h, _ in trained[(chosen.hidden, chosen.beta)][:chosen.n_seeds]])
+        prior = model_priors(y, tr)
     shrink_logits(head, prior, chosen.logit_shrink)
     shrink_interactions(head, prior, chosen.interaction_shrink)
-    z = val_logits[(chosen.hidden, chosen.beta, chosen.n_seeds, chosen.logit_shrink, chosen.interaction_shrink)]
+    position = np.empty(y.shape[0], dtype=np.int64)
+    position[held] = np.arange(held.size)
+    z = held_logits[(chosen.hidden, chosen.beta, chosen.n_seeds, chosen.logit_shrink, chosen.interaction_shrink)]
     return RecipeFit(head=head, recipe=chosen, grid=results, epochs=epochs, val_loss=choice["val_loss"],
                      refit_rows=int(fit_rows.size) if refit else int(tr.size),
-                     val_probs=(1.0 / (1.0 + np.exp(-z))).astype(np.float32))
+                     val_probs=(1.0 / (1.0 + np.exp(-z[position[va]]))).astype(np.float32),
+                     select_folds=len(splits))
 
 
-def fit_count(grid=GRID, recipe: Recipe | None = None, refit: bool = True) -> int:
-    """How many single heads `fit_recipe` trains with this grid (for a progress bar's total)."""
+def fit_count(grid=GRID, recipe: Recipe | None = None, refit: bool = True, select_folds: int = 1) -> int:
+    """How many single heads `fit_recipe` trains with this grid and K = select_folds (for a progress bar's total;
+    K as `fit_recipe` resolves it, e.g. `select_folds_for(train + val prompts)`)."""
     base = recipe if recipe is not None else Recipe()
     grid = dict(grid or {})
     seeds = max(grid.get("n_seeds", (base.n_seeds,)))
     n = len(grid.get("hidden", (1,))) * len(grid.get("beta", (1,))) * seeds
-    return n + (seeds if refit else 0)  # the refit trains at most max(n_seeds) members
+    folds = select_folds if refit and select_folds >= 2 else 1
+    return n * folds + (seeds if refit else 0)  # the refit trains at most max(n_seeds) members
