@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a router on outcome data and save it", description=(
         "Train the shipped recipe on your outcomes (which model got which prompt right) and save a router "
         "directory. Prompts are split by a hash of their text: --test-fraction held out for the report, the rest "
-        "in train and val (1/8 of it: early stopping and the recipe's choices from a small grid), then the head is "
+        "in train and val (1/8 of it: early stopping and the recipe's choices from a small grid; below 4,000 "
+        "train + val prompts the choices are made by 5-fold cross-fitting on train + val instead), then the head is "
         "refitted on train + val. Costs: the shipped prices (assets/prices.csv) overridden and extended by "
         "--prices; a per-call cost column, where given, drives each model's expected cost too. Every check runs "
         "before any prompt is encoded."))
@@ -281,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv", help="cross-validate quality predictors on the shared pools", description=(
         "The predictor protocol of docs/EVALUATION.md: 5 folds by prompt hash on each dataset, every predictor "
-        "fitted on the same train / val rows of each fold (all choices on val), routed with predicted Q and "
-        "expected costs, scored with true outcomes and costs; AIQ, quality at the best model's cost, cost to "
+        "fitted on the same train / val rows of each fold (all choices on the fold's train + val), routed with "
+        "predicted Q and expected costs, scored with true outcomes and costs; AIQ, quality at the best model's cost, cost to "
         "match it, log loss and ECE per fold, paired-bootstrap intervals against the baselines. Writes report.md "
         "and results.json."))
     p.add_argument("--datasets", default="all", metavar="NAMES",

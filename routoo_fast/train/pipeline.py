@@ -1,12 +1,13 @@
 """End to end: an outcome table in, a saved router directory out (what `routoo-fast train` runs).
 
     table ─▶ split by prompt hash (train / val / test) ─▶ checks and the cost model (before any encoding)
-          ─▶ pooled encodings (cached) ─▶ recipe.fit_recipe (knobs chosen on val, refitted on train + val)
+          ─▶ pooled encodings (cached) ─▶ recipe.fit_recipe (knobs chosen on val, or by 5-fold cross-fitting
+             on train + val below 4,000 prompts; refitted on train + val)
           ─▶ held-out report on test vs kNN ─▶ saved router (head + cost model + what was trained on)
 
-Nothing is held back silently: val serves early stopping and the recipe's choices, then the head is refitted on
-train + val; only the test split (`test_fraction`, default 0.2) is kept out, for the held-out report, and the
-summary says how many prompts went where.
+Nothing is held back silently: val serves early stopping and the recipe's choices (small data: train + val serve
+them together, by cross-fitting), then the head is refitted on train + val; only the test split (`test_fraction`,
+default 0.2) is kept out, for the held-out report, and the summary says how many prompts went where.
 """
 from __future__ import annotations
 
@@ -66,8 +67,11 @@ class TrainedRouter:
         """What a person wants to know after training: where the prompts went, the recipe, costs, held-out."""
         n = split_counts(self.split)
         total = sum(n.values())
-        lines = [f"{total} prompts x {len(self.model_names)} models: {n['train']} train, {n['val']} val (early "
-                 f"stopping and the recipe's choices), {n['test']} test (held out for the report below, never "
+        k = getattr(self.recipe_fit, "select_folds", 1)
+        val_use = ("early stopping and the recipe's choices" if k < 2 else
+                   f"the recipe's choices by {k}-fold cross-fitting on train + val")
+        lines = [f"{total} prompts x {len(self.model_names)} models: {n['train']} train, {n['val']} val "
+                 f"({val_use}), {n['test']} test (held out for the report below, never "
                  f"trained on); the head was refitted on train + val ({n['train'] + n['val']} prompts)",
                  self.recipe_fit.summary()]
         if self.group_column:

@@ -21,13 +21,21 @@ the wrong model (winner's curse). Three fixes, each a few tenths of a point of A
    cross-validated AIQ 0.9442 -> 0.9513, above kNN's 0.9499 (docs/EVALUATION.md).
 
 `fit_recipe` is what `routoo-fast train`, the Python API (`train.pipeline.train_router`) and the reproduction run:
-the data-dependent knobs are picked on the user's validation split from the small grid GRID (hidden size H,
-soft-target weight beta, ensemble size, logit shrinkage a, interaction shrinkage c), by the masked log loss of the
-final head's Q against the raw val outcomes. Only H x beta need training runs (GRID's 2 x 2 = 4 combinations x
-max(n_seeds) = 4 seeds, 16 small fits); the ensemble size reuses the first seeds' heads and both shrinkages are
-applied after training, so their 3 x 4 x 4 values cost only val forward passes. Each seed trains on the train rows with early stopping on val;
-the chosen recipe is then refitted on train + val, every seed for the epochs it early-stopped at, so no labelled
-prompt outside the test split is held back from the shipped head.
+the data-dependent knobs are picked from the small grid GRID (hidden size H, soft-target weight beta, ensemble
+size, logit shrinkage a, interaction shrinkage c) by the masked log loss of the final head's Q against the raw
+held-out outcomes. Only H x beta need training runs (GRID's 2 x 2 = 4 combinations x max(n_seeds) = 4 seeds, 16
+small fits); the ensemble size reuses the first seeds' heads and both shrinkages are applied after training, so
+their 3 x 4 x 4 values cost only forward passes. Where the knobs are scored:
+- on the user's validation split (each seed trains on the train rows with early stopping on val), when train + val
+  holds SELECT_FOLDS_BELOW prompts or more;
+- below that, by K = SELECT_FOLDS-fold cross-fitting on train + val (`inner_folds`, identical prompts share a
+  fold): every fold's 16 heads train on the other folds with early stopping on it, and each grid point is scored
+  by its out-of-fold log loss over all train + val prompts, K times the fits. A 1/8 val split of a small pool is
+  70 to 290 prompts and chose noisily (interaction shrinkage 0.25 to 1 across the folds of one pool); the
+  cross-fitted choice is stable and lowered the cross-validated log loss on 3 of the 4 small pools
+  (docs/EVALUATION.md).
+The chosen recipe is then refitted on train + val, every seed for the epochs it early-stopped at (the median over
+the K folds), so no labelled prompt outside the test split is held back from the shipped head.
 """
 from __future__ import annotations
 
