@@ -283,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cv", help="cross-validate quality predictors on the shared pools", description=(
         "The predictor protocol of docs/EVALUATION.md: 5 folds by prompt hash on each dataset, every predictor "
         "fitted on the same train / val rows of each fold (all choices on the fold's train + val), routed with "
-        "predicted Q and expected costs, scored with true outcomes and costs; AIQ, quality at the best model's cost, cost to "
-        "match it, log loss and ECE per fold, paired-bootstrap intervals against the baselines. Writes report.md "
-        "and results.json."))
+        "predicted Q and expected costs, scored with true outcomes and costs; AIQ, quality at the best model's "
+        "cost, cost to match it, log loss and ECE per fold, paired-bootstrap intervals against the baselines. "
+        "Writes report.md and results.json."))
     p.add_argument("--datasets", default="all", metavar="NAMES",
                    help="'all' or a comma-separated subset of mmlu_pro, routellm, routerbench, zeroeval_gsm, "
                         "zeroeval_math, zeroeval_crux (default: %(default)s)")
