@@ -506,8 +506,8 @@ def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[s
     encoder = Encoder.from_spec(load_router(DEFAULT_ROUTER).config["encoder"])
     prices = PriceTable.load()
     result = CVResult(notes=[f"{n_folds} folds by prompt-text hash; train / val = 7/8 / 1/8 of the rest by a second "
-                             "hash; every choice made on val; decisions with predicted Q and expected costs, "
-                             "scored with true outcomes and costs",
+                             "hash; every choice made on train + val (on val, or by cross-fitting on train + val); "
+                             "decisions with predicted Q and expected costs, scored with true outcomes and costs",
                              f"intervals: paired bootstrap over prompts within folds, {n_boot} resamples, 95 %"])
     for name, fit in fits.items():
         doc = (fit.__doc__ or "").strip().splitlines()
