@@ -67,7 +67,8 @@ def inner_split(prompts: Sequence[str], rows, val_share: float = VAL_SHARE) -> t
 # (the recipe's head, kNN, MF) reuse the fold's fits instead of refitting them.
 
 def _recipe_fit(memo, x, scores, tr, va, groups):
-    """The shipped recipe (`train.recipe.fit_recipe`: knobs chosen on val, refitted on train + val), once per fold."""
+    """The shipped recipe (`train.recipe.fit_recipe`: knobs chosen on val or cross-fitted on train + val,
+    refitted on train + val), once per fold."""
     if "recipe" not in memo:
         from routoo_fast.train.recipe import fit_recipe
 

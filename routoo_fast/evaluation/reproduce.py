@@ -114,12 +114,13 @@ def load_dataset(name: str, data_dir=None, prices=None) -> Dataset:
 def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_model=None,
                      recipe=None, grid=GRID, router_note: str | None = None,
                      progress: bool = False) -> list[PoolReport]:
-    """Fit what is missing on train/val (the recipe unless `head` is given: `recipe.fit_recipe`, knobs chosen on
-    val from `grid`, refitted on train + val; kNN; MF), evaluate every pool on the held-out prompts with complete
+    """Fit what is missing on train/val (the recipe unless `head` is given: `recipe.fit_recipe`, knobs chosen from
+    `grid` on val or cross-fitted on train + val, refitted on train + val; kNN; MF), evaluate every pool on the held-out prompts with complete
     outcomes. router_note: how the report names where `head` came from.
 
-    cost_model: the `costs.CostModel` routers decide with (a saved router's); default: built from the train rows
-    with `prices` (`CostModel.from_table`, plus its per-prompt output-length model, `fit_output_length`). Expected
+    cost_model: the `costs.CostModel` routers decide with (a saved router's); default: built from the train + val
+    rows with `prices` (`CostModel.from_table`, plus its per-prompt output-length model, `fit_output_length`), as
+    `routoo-fast train` builds it. Expected
     costs use the prompts' encodings x where the cost model has a length model, as the Router does. Decisions are
     scored with `cost_model.true`: real costs.
     """
@@ -133,13 +134,15 @@ def evaluate_dataset(ds: Dataset, x: np.ndarray, prices=None, head=None, cost_mo
     if tr.size == 0 or te.size == 0:
         raise ValueError(f"dataset {ds.name!r} needs train and test prompts, got {tr.size} and {te.size}")
     if cost_model is None:
-        cost_model = CostModel.from_table(t, prices, rows=tr, default_output_tokens=ds.default_output_tokens)
+        cost_model = CostModel.from_table(t, prices, rows=np.concatenate([tr, va]),
+                                          default_output_tokens=ds.default_output_tokens)
         cost_model = cost_model.fit_output_length(t, x, tr, va)
     elif list(cost_model.models) != list(t.models):
         raise ValueError(f"cost model prices {list(cost_model.models)}, the dataset has {list(t.models)}")
     if head is None:
         head = fit_recipe(x, t.scores, tr, va, groups=ds.groups, recipe=recipe, grid=grid).head
-        router_note = "trained here with the shipped recipe (knobs chosen on val, refitted on train + val)"
+        router_note = ("trained here with the shipped recipe (knobs chosen on val, or by cross-fitting on train + val "
+                       "below 4,000 prompts; refitted on train + val)")
     elif router_note is None:
         router_note = "the shipped default router"
     with torch.no_grad():
