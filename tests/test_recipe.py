@@ -235,3 +235,17 @@ def test_fit_recipe_names_a_bad_select_folds():
     for bad in (0, 2.5, "5"):
         with pytest.raises(ValueError, match="select_folds must be a positive integer"):
             rc.fit_recipe(x, y, np.arange(8), np.arange(8, 10), grid={}, select_folds=bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=2, max_size=60), st.integers(2, 6))
+def test_inner_folds_deal_prompts_evenly_and_keep_repeats_together(labels, k):
+    """Rows carrying the same label are the same prompt; every fold gets floor or ceil of (prompts / k) of them."""
+    labels = np.array(labels)
+    x = np.stack([np.full(3, v, dtype=np.float32) for v in labels])
+    f = rc.inner_folds(x, np.arange(len(labels)), k)
+    for v in np.unique(labels):
+        assert len(set(f[labels == v].tolist())) == 1
+    n_prompts = len(np.unique(labels))
+    per_fold = np.bincount([f[labels == v][0] for v in np.unique(labels)], minlength=k)
+    assert per_fold.min() >= n_prompts // k and per_fold.max() <= -(-n_prompts // k)
