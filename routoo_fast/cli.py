@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-column", default=None, metavar="NAME",
                    help="per-prompt column grouping prompts for the soft targets (default: 'subject' or 'group' "
                         "when present)")
+    p.add_argument("--select-folds", type=int, default=None, metavar="K",
+                   help="how the recipe's knobs are chosen: K >= 2 by K-fold cross-fitting on train + val (K times "
+                        "the head fits), 1 on the val split (default: 5 below 4,000 train + val prompts, else 1)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
     _add_quiet_threads(p)
     p.set_defaults(func=cmd_train)
@@ -660,11 +663,13 @@ def cmd_train(args) -> int:
         raise UserError(f"--output-tokens must be >= 0, got {args.output_tokens}")
     if args.equal_cost and args.prices:
         raise UserError("give --prices or --equal-cost, not both")
+    if args.select_folds is not None and args.select_folds < 1:
+        raise UserError(f"--select-folds must be >= 1, got {args.select_folds}")
     _setup_output(args)
     train_and_save(args.output, data=args.data, prices_file=args.prices, equal_cost=args.equal_cost,
                    test_fraction=args.test_fraction, output_tokens=args.output_tokens, duplicates=args.duplicates,
                    group_column=args.group_column, cache_dir=args.cache_dir, num_threads=args.threads,
-                   progress=not args.quiet, echo=None if args.quiet else print)
+                   progress=not args.quiet, echo=None if args.quiet else print, select_folds=args.select_folds)
     print(f"saved router to {args.output}")
     return 0
 

@@ -228,6 +228,11 @@ def test_train_command_then_route(capsys, tmp_path):
     assert json.loads(out)["model"] in MODELS[:3]
     code, _, err = run_main(capsys, "train", str(out_dir), "--data", str(tmp_path / "missing.csv"), "--quiet")
     assert code == 1 and "missing.csv" in err and "Traceback" not in err
+    code, _, err = run_main(capsys, "train", str(out_dir), "--data", str(data), "--select-folds", "0", "--quiet")
+    assert code == 1 and "--select-folds must be >= 1" in err and "Traceback" not in err
+    code, out, err = run_main(capsys, "train", str(tmp_path / "on_val"), "--data", str(data), "--select-folds", "1",
+                              "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and "recipe chosen on val" in out, err
 
 
 @pytest.mark.slow

@@ -232,6 +232,21 @@ def _prices():
     return PriceTable({}).with_overrides(PRICES)
 
 
+def test_train_router_chooses_the_knobs_by_cross_fitting_on_small_data(tmp_path):
+    from routoo_fast.train.pipeline import train_router
+
+    table, enc = synthetic_table(P=300)
+    kw = dict(prices=_prices(), cache_dir=tmp_path / "c", progress=False, **FAST_RECIPE)
+    auto = train_router(table, enc, **kw)  # 240 train + val prompts, under SELECT_FOLDS_BELOW
+    assert auto.recipe_fit.select_folds == 5 and "5-fold cross-fitting on train + val" in auto.summary()
+    on_val = train_router(table, enc, select_folds=1, **kw)
+    assert on_val.recipe_fit.select_folds == 1 and "recipe chosen on val" in on_val.summary()
+    assert on_val.recipe_fit.refit_rows == auto.recipe_fit.refit_rows  # both refit on train + val
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="select_folds must be a positive integer"):
+            train_router(table, enc, select_folds=bad, **kw)
+
+
 def test_train_router_bad_split():
     from routoo_fast.train.pipeline import train_router
 

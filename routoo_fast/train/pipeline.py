@@ -161,7 +161,8 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
                  default_output_tokens: float | None = None, test_fraction: float | None = None, split=None,
                  group_column: str | None = None, recipe=None, grid=GRID, cache_dir=None,
                  finetune_encoder: bool = False, finetune_epochs: int = 1, encoder_dir=None,
-                 knn_k: int | None = None, num_threads: int | None = None, progress: bool = True) -> TrainedRouter:
+                 knn_k: int | None = None, num_threads: int | None = None, progress: bool = True,
+                 select_folds: int | None = None) -> TrainedRouter:
     """Train the shipped recipe on `table` (an OutcomeTable) and report it on held-out prompts.
 
     encoder: an Encoder (default: the shipped MiniLM). prices: a PriceTable (default: the shipped one) for the
@@ -169,7 +170,8 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     `CostModel.fit_output_length`, when the table has output lengths or real costs); equal_cost: quality-only
     routing; cost_model: a ready CostModel instead (used as given). test_fraction: held out by prompt hash (default 0.2; 0 = none);
     split: [P] of "train"/"val"/"test" instead. group_column: meta column of training-only group labels (default:
-    the first of GROUP_COLUMNS present). recipe / grid: see `recipe.fit_recipe`. finetune_encoder: after the head,
+    the first of GROUP_COLUMNS present). recipe / grid / select_folds: see `recipe.fit_recipe` (select_folds None:
+    5-fold cross-fitting below 4,000 train + val prompts, else the val split). finetune_encoder: after the head,
     update the encoder too for `finetune_epochs`, written to `encoder_dir` (required then). num_threads: torch CPU
     threads for the default encoder and the head fits (None: the encoder leaves torch's setting, heads use 1).
     Every check (split sizes, models without training outcomes, prices) runs before any encoding.
@@ -198,7 +200,9 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     x = features(table.prompts, encoder, cache_dir=cache_dir, progress=progress)
     from tqdm.auto import tqdm
 
-    k = select_folds_for(fit_rows.size)
+    k = select_folds_for(fit_rows.size) if select_folds is None else select_folds
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"select_folds must be a positive integer or None, got {select_folds!r}")
     with tqdm(total=fit_count(grid, recipe, select_folds=k), desc="training", unit="head",
               disable=not progress) as bar:
         fit = fit_recipe(x, table.scores, tr, va, groups=groups, recipe=recipe, grid=grid,
@@ -259,7 +263,8 @@ def load_prices(path=None):
 def train_and_save(output, data="default", prices_file=None, equal_cost: bool = False,
                    test_fraction: float = DEFAULT_TEST_FRACTION, output_tokens: float | None = None,
                    duplicates: str = "error", group_column: str | None = None, cache_dir=None,
-                   num_threads: int | None = None, progress: bool = True, echo=print) -> TrainedRouter:
+                   num_threads: int | None = None, progress: bool = True, echo=print,
+                   select_folds: int | None = None) -> TrainedRouter:
     """The `routoo-fast train` entry point: read outcomes ('default' = the bundled MMLU-Pro part, else a
     long-format file), check them and the prices, train the recipe, save the router to `output` (atomically),
     print the summary (echo=None: silent)."""
@@ -269,7 +274,7 @@ def train_and_save(output, data="default", prices_file=None, equal_cost: bool = 
     prices = None if equal_cost else load_prices(prices_file)
     trained = train_router(table, prices=prices, equal_cost=equal_cost, default_output_tokens=output_tokens,
                            test_fraction=test_fraction, group_column=group_column, cache_dir=cache_dir,
-                           num_threads=num_threads, progress=progress)
+                           num_threads=num_threads, progress=progress, select_folds=select_folds)
     trained.save(output, metadata={"data": str(data),
                                    "prices_file": None if prices_file is None else str(prices_file)})
     if echo is not None:

@@ -272,7 +272,7 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     inter = tuple(grid.get("interaction_shrink", (base.interaction_shrink,)))
     fit_rows = np.concatenate([tr, va])
     k = select_folds_for(fit_rows.size) if select_folds is None else select_folds
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"select_folds must be a positive integer or None, got {k!r}")
     if refit and k >= 2:
         fold = inner_folds(x, fit_rows, int(k))
