@@ -249,3 +249,12 @@ def test_inner_folds_deal_prompts_evenly_and_keep_repeats_together(labels, k):
     n_prompts = len(np.unique(labels))
     per_fold = np.bincount([f[labels == v][0] for v in np.unique(labels)], minlength=k)
     assert per_fold.min() >= n_prompts // k and per_fold.max() <= -(-n_prompts // k)
+
+
+def test_cross_fitting_falls_back_to_the_val_split_with_too_few_distinct_prompts():
+    rng = np.random.default_rng(4)
+    x = np.repeat(rng.normal(size=(3, 4)).astype(np.float32), 10, axis=0)  # 3 distinct prompts, 30 rows
+    y = (rng.random((30, 2)) < 0.5).astype(np.float32)
+    fit = rc.fit_recipe(x, y, np.arange(20), np.arange(20, 30), grid={}, select_folds=5,
+                        recipe=rc.Recipe(hidden=4, n_seeds=1, epochs=5, patience=2))
+    assert fit.select_folds == 1 and fit.val_probs.shape == (10, 2)

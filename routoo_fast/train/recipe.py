@@ -32,8 +32,8 @@ their 3 x 4 x 4 values cost only forward passes. Where the knobs are scored:
   fold): every fold's 16 heads train on the other folds with early stopping on it, and each grid point is scored
   by its out-of-fold log loss over all train + val prompts, K times the fits. A 1/8 val split of a small pool is
   70 to 290 prompts and chose noisily (interaction shrinkage 0.25 to 1 across the folds of one pool); the
-  cross-fitted choice is stable and lowered the cross-validated log loss on 3 of the 4 small pools
-  (docs/EVALUATION.md).
+  cross-fitted choice is stable and lowered the cross-validated log loss and ECE on all 4 small pools
+  (docs/EVALUATION.md). With too few distinct prompts for K folds the val split chooses.
 The chosen recipe is then refitted on train + val, every seed for the epochs it early-stopped at (the median over
 the K folds), so no labelled prompt outside the test split is held back from the shipped head.
 """
@@ -274,11 +274,13 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     k = select_folds_for(fit_rows.size) if select_folds is None else select_folds
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"select_folds must be a positive integer or None, got {k!r}")
+    splits = [(tr, va)]
     if refit and k >= 2:
         fold = inner_folds(x, fit_rows, int(k))
-        splits = [(fit_rows[fold != f], fit_rows[fold == f]) for f in range(int(k))]
-    else:
-        splits = [(tr, va)]
+        folds = [(fit_rows[fold != f], fit_rows[fold == f]) for f in range(int(k))]
+        # too few distinct prompts for K folds with outcomes on both sides: the val split chooses instead
+        if all(np.isfinite(y[fit_part]).any() and np.isfinite(y[held_part]).any() for fit_part, held_part in folds):
+            splits = folds
     # held-out rows of every split, each row once: its raw logits per (hidden, beta, n_seeds) and its split's prior
     held = np.concatenate([h for _, h in splits])
     logit_prior = np.empty((held.size, y.shape[1]))
