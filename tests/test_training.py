@@ -242,9 +242,12 @@ def test_train_router_chooses_the_knobs_by_cross_fitting_on_small_data(tmp_path)
     on_val = train_router(table, enc, select_folds=1, **kw)
     assert on_val.recipe_fit.select_folds == 1 and "recipe chosen on val" in on_val.summary()
     assert on_val.recipe_fit.refit_rows == auto.recipe_fit.refit_rows  # both refit on train + val
+    fresh_table, fresh_enc = synthetic_table(P=300)
     for bad in (0, True, 2.0):
         with pytest.raises(ValueError, match="select_folds must be a positive integer"):
-            train_router(table, enc, select_folds=bad, **kw)
+            train_router(fresh_table, fresh_enc, select_folds=bad, prices=_prices(), cache_dir=tmp_path / "fresh",
+                         progress=False, **FAST_RECIPE)
+    assert fresh_enc.calls == 0  # named before any prompt is encoded
 
 
 def test_train_router_bad_split():

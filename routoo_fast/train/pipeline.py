@@ -179,6 +179,9 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     from routoo_fast.costs import CostModel
     from routoo_fast.data.encoding_cache import encode_cached, features
 
+    if select_folds is not None and (not isinstance(select_folds, (int, np.integer)) or isinstance(select_folds, bool)
+                                     or select_folds < 1):
+        raise ValueError(f"select_folds must be a positive integer or None, got {select_folds!r}")
     split_given = split is not None
     split = _make_split(table, split, test_fraction)
     check_trainable(table, split)
@@ -201,8 +204,6 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     from tqdm.auto import tqdm
 
     k = select_folds_for(fit_rows.size) if select_folds is None else select_folds
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"select_folds must be a positive integer or None, got {select_folds!r}")
     with tqdm(total=fit_count(grid, recipe, select_folds=k), desc="training", unit="head",
               disable=not progress) as bar:
         fit = fit_recipe(x, table.scores, tr, va, groups=groups, recipe=recipe, grid=grid,
