@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from routoo_fast.data.splits import DEFAULT_TEST_FRACTION, SPLIT_NAMES, split_by_hash, split_counts, split_fractions
-from routoo_fast.train.recipe import GRID, RecipeFit, fit_count, fit_recipe, select_folds_for
+from routoo_fast.train.recipe import GRID, RecipeFit, check_select_folds, fit_count, fit_recipe, select_folds_for
 
 __all__ = ["TrainedRouter", "train_router", "train_and_save", "check_trainable", "prompt_hashes", "join_hashes",
            "split_hashes", "GROUP_COLUMNS"]
@@ -67,7 +67,7 @@ class TrainedRouter:
         """What a person wants to know after training: where the prompts went, the recipe, costs, held-out."""
         n = split_counts(self.split)
         total = sum(n.values())
-        k = getattr(self.recipe_fit, "select_folds", 1)
+        k = self.recipe_fit.select_folds
         val_use = ("early stopping and the recipe's choices" if k < 2 else
                    f"the recipe's choices by {k}-fold cross-fitting on train + val")
         lines = [f"{total} prompts x {len(self.model_names)} models: {n['train']} train, {n['val']} val "
@@ -179,9 +179,7 @@ def train_router(table, encoder=None, *, prices=None, equal_cost: bool = False, 
     from routoo_fast.costs import CostModel
     from routoo_fast.data.encoding_cache import encode_cached, features
 
-    if select_folds is not None and (not isinstance(select_folds, (int, np.integer)) or isinstance(select_folds, bool)
-                                     or select_folds < 1):
-        raise ValueError(f"select_folds must be a positive integer or None, got {select_folds!r}")
+    check_select_folds(select_folds)
     split_given = split is not None
     split = _make_split(table, split, test_fraction)
     check_trainable(table, split)

@@ -48,7 +48,7 @@ import numpy as np
 from routoo_fast.train.fit import TrainConfig, merge_heads, model_priors, train_head
 
 __all__ = ["Recipe", "GRID", "SELECT_FOLDS", "SELECT_FOLDS_BELOW", "RecipeFit", "fit_recipe", "fit_count",
-           "select_folds_for", "inner_folds", "fit_recipe_head", "group_targets", "shrink_logits",
+           "select_folds_for", "check_select_folds", "inner_folds", "fit_recipe_head", "group_targets", "shrink_logits",
            "shrink_interactions", "shrunk_logits", "model_priors"]
 
 # the data-dependent knobs `fit_recipe` chooses on the validation split (the shipped values are in each list)
@@ -214,6 +214,14 @@ def _config(recipe: Recipe, seed: int, num_threads, epochs: int | None = None) -
                        patience=recipe.patience, seed=seed, ensemble=1, num_threads=num_threads)
 
 
+def check_select_folds(select_folds):
+    """select_folds as given when it is None or a positive int, else a ValueError naming it."""
+    if select_folds is not None and (not isinstance(select_folds, (int, np.integer)) or isinstance(select_folds, bool)
+                                     or select_folds < 1):
+        raise ValueError(f"select_folds must be a positive integer or None, got {select_folds!r}")
+    return select_folds
+
+
 def select_folds_for(n_rows: int) -> int:
     """K of the cross-fitted knob choice for `n_rows` train + val prompts: SELECT_FOLDS below SELECT_FOLDS_BELOW
     prompts, else 1 (the val split alone)."""
@@ -271,9 +279,7 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     shrinks = tuple(grid.get("logit_shrink", (base.logit_shrink,)))
     inter = tuple(grid.get("interaction_shrink", (base.interaction_shrink,)))
     fit_rows = np.concatenate([tr, va])
-    k = select_folds_for(fit_rows.size) if select_folds is None else select_folds
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"select_folds must be a positive integer or None, got {k!r}")
+    k = select_folds_for(fit_rows.size) if check_select_folds(select_folds) is None else select_folds
     splits = [(tr, va)]
     if refit and k >= 2:
         fold = inner_folds(x, fit_rows, int(k))
@@ -284,6 +290,7 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     # held-out rows of every split, each row once: its raw logits per (hidden, beta, n_seeds) and its split's prior
     held = np.concatenate([h for _, h in splits])
     logit_prior = np.empty((held.size, y.shape[1]))
+    targets_of = {float(b): group_targets(y, groups, fit_rows, float(b), base.group_shrink) for b in betas}
     raw, epochs_of, trained = {}, {}, {}
     start = 0
     for s_tr, s_va in splits:
@@ -294,10 +301,10 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
         xv = torch.from_numpy(x[s_va])
         for hidden, beta in itertools.product(hiddens, betas):
             r = replace(base, hidden=int(hidden), beta=float(beta))
-            targets = group_targets(y, groups, fit_rows, r.beta, r.group_shrink)
             members = []
             for s in range(max(seeds)):
-                head, hist = train_head(x, targets, s_tr, s_va, _config(r, s, num_threads), progress=False)
+                head, hist = train_head(x, targets_of[r.beta], s_tr, s_va, _config(r, s, num_threads),
+                                        progress=False)
                 members.append((head, hist.best_epoch + 1))
                 if progress is not None:
                     progress.update(1)
@@ -309,16 +316,14 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
                     z = merge_heads([h for h, _ in members[:n]])(xv).double().numpy()
                 raw.setdefault((r.hidden, r.beta, int(n)), np.empty((held.size, y.shape[1])))[rows] = z
     y_held = y[held]
-    results, held_logits = [], {}
+    results = []
     for hidden, beta in itertools.product(hiddens, betas):
         for n in seeds:
             z = raw[(int(hidden), float(beta), int(n))]
             for a, c in itertools.product(shrinks, inter):
-                key = (int(hidden), float(beta), int(n), float(a), float(c))
-                held_logits[key] = shrunk_logits(z, logit_prior, a, c)
                 results.append({"hidden": int(hidden), "beta": float(beta), "n_seeds": int(n),
                                 "logit_shrink": float(a), "interaction_shrink": float(c),
-                                "val_loss": _masked_log_loss(held_logits[key], y_held)})
+                                "val_loss": _masked_log_loss(shrunk_logits(z, logit_prior, a, c), y_held)})
     # the lowest held-out loss; a tie keeps the earliest grid point
     best = min(range(len(results)), key=lambda i: (results[i]["val_loss"], i))
     choice = results[best]
@@ -327,10 +332,9 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     per_split = epochs_of[(chosen.hidden, chosen.beta)]
     epochs = [int(round(float(np.median([e[s] for e in per_split])))) for s in range(chosen.n_seeds)]
     if refit:
-        targets = group_targets(y, groups, fit_rows, chosen.beta, chosen.group_shrink)
         heads = []
         for s, e in enumerate(epochs):
-            heads.append(train_head(x, targets, fit_rows, [], _config(chosen, s, num_threads, epochs=e),
+            heads.append(train_head(x, targets_of[chosen.beta], fit_rows, [], _config(chosen, s, num_threads, epochs=e),
                                     progress=False)[0])
             if progress is not None:
                 progress.update(1)
@@ -345,7 +349,8 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     shrink_interactions(head, prior, chosen.interaction_shrink)
     position = np.empty(y.shape[0], dtype=np.int64)
     position[held] = np.arange(held.size)
-    z = held_logits[(chosen.hidden, chosen.beta, chosen.n_seeds, chosen.logit_shrink, chosen.interaction_shrink)]
+    z = shrunk_logits(raw[(chosen.hidden, chosen.beta, chosen.n_seeds)], logit_prior, chosen.logit_shrink,
+                      chosen.interaction_shrink)  # recomputed: keeping every grid point's logits costs memory
     return RecipeFit(head=head, recipe=chosen, grid=results, epochs=epochs, val_loss=choice["val_loss"],
                      refit_rows=int(fit_rows.size) if refit else int(tr.size),
                      val_probs=(1.0 / (1.0 + np.exp(-z[position[va]]))).astype(np.float32),
