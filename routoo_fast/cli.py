@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated predictor names, or 'all' (the package's, the baselines and the "
                         "candidates tried; default: %(default)s)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=1, metavar="D",
+                   help="repeat the protocol on D independent deals of the folds and report the mean over all "
+                        "D x K folds; draw 0 is the default deal (default: %(default)s)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="R",
                    help="paired-bootstrap resamples for the intervals (default: %(default)s)")
     p.add_argument("--out", default="routoo_cv", metavar="DIR", help="output directory (default: %(default)s)")
@@ -718,7 +721,9 @@ def cmd_cv(args) -> int:
         raise UserError(f"--folds must be >= 2, got {args.folds}")
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, got {args.bootstrap}")
-    result = cross_validate(datasets, predictors, n_folds=args.folds, data_dir=args.data_dir,
+    if args.draws < 1:
+        raise UserError(f"--draws must be >= 1, got {args.draws}")
+    result = cross_validate(datasets, predictors, n_folds=args.folds, draws=args.draws, data_dir=args.data_dir,
                             cache_dir=args.cache_dir, n_boot=args.bootstrap, progress=not args.quiet,
                             log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     md = result.write(args.out)

@@ -26,6 +26,21 @@ def test_folds_are_stable_balanced_and_keep_duplicates_together():
     assert dup[0] == dup[2]
 
 
+def test_fold_draws_are_independent_deals_of_the_same_prompts():
+    prompts = [f"prompt number {i % 1500}" for i in range(2000)]  # 500 texts twice
+    assert np.array_equal(cv.fold_of(prompts, draw=0), cv.fold_of(prompts))  # draw 0 is the protocol's deal
+    f1, f2 = cv.fold_of(prompts, draw=1), cv.fold_of(prompts, draw=2)
+    for f in (f1, f2):
+        counts = np.bincount(f, minlength=cv.N_FOLDS)
+        assert counts.min() > 300 and counts.max() < 500
+        assert np.array_equal(f[:500], f[1500:])  # duplicates together in every draw
+    # another deal: about 1 / N_FOLDS of the prompts land in the same fold as in draw 0
+    assert 0.1 < np.mean(f1 == cv.fold_of(prompts)) < 0.3 and 0.1 < np.mean(f1 == f2) < 0.3
+    for bad in (-1, 1.0, True, "1"):
+        with pytest.raises(ValueError, match="draw must"):
+            cv.fold_of(prompts, draw=bad)
+
+
 def test_inner_split_partitions_the_rows_by_text():
     prompts = [f"q{i % 700}" for i in range(1400)]  # every text twice
     rows = np.arange(1400)
@@ -81,6 +96,69 @@ def test_bootstrap_of_a_predictor_against_itself_is_zero_and_an_oracle_wins():
     assert better["gain"][1] > 0
 
 
+def _redealt(folds, draw, seed):
+    """The prompts of `folds` (with rows) dealt into new folds, as another draw would: the same prompts and
+    per-prompt decisions, grouped differently."""
+    rows = np.concatenate([pf.rows for pf in folds])
+    at = {int(r): (i, k) for i, pf in enumerate(folds) for k, r in enumerate(pf.rows)}
+    deal = np.random.default_rng(seed).permutation(rows.size) % len(folds)
+    out = []
+    for f in range(len(folds)):
+        mine = rows[deal == f]
+        take = [at[int(r)] for r in mine]
+        def pick(get):
+            return np.stack([get(folds[i])[k] for i, k in take])
+        out.append(cv.PoolFold(pick(lambda pf: pf.Y), pick(lambda pf: pf.C_true), pick(lambda pf: pf.C_pred),
+                               {n: pick(lambda pf, n=n: pf.Q[n]) for n in folds[0].Q}, rows=mine, draw=draw))
+    return out
+
+
+def _with_rows(folds):
+    start = 0
+    for pf in folds:
+        pf.rows = np.arange(start, start + pf.Y.shape[0])
+        start += pf.Y.shape[0]
+    return folds
+
+
+def test_repeated_draws_share_each_prompts_resampled_count():
+    rng = np.random.default_rng(1)
+    folds = _with_rows([_pool_fold(rng, P=120) for _ in range(3)])
+    one = cv.bootstrap_differences(folds, "oracle", "noise", n_boot=200, seed=3)
+    assert one == cv.bootstrap_differences([cv.PoolFold(pf.Y, pf.C_true, pf.C_pred, pf.Q) for pf in folds],
+                                           "oracle", "noise", n_boot=200, seed=3)  # rows change nothing alone
+    # a second draw identical to the first: every resample weighs each prompt the same in both, so nothing moves
+    copy = [cv.PoolFold(pf.Y, pf.C_true, pf.C_pred, pf.Q, rows=pf.rows, draw=1) for pf in folds]
+    twice = cv.bootstrap_differences(folds + copy, "oracle", "noise", n_boot=200, seed=3)
+    assert all(np.allclose(twice[m], one[m], rtol=0, atol=1e-12) for m in one)
+    # the weights of a later draw: each of its prompts' count in draw 0's resample, renormalised (written out)
+    other = _redealt(folds, 1, seed=5)
+    W = cv._resample_weights(folds + other, 50, np.random.default_rng(7))
+    ref = np.random.default_rng(7)
+    count = {}
+    for pf in folds:
+        k = ref.multinomial(pf.Y.shape[0], np.full(pf.Y.shape[0], 1 / pf.Y.shape[0]), size=50)
+        for c, r in enumerate(pf.rows):
+            count[int(r)] = k[:, c]
+    for pf, w in zip(folds + other, W):
+        k = np.stack([count[int(r)] for r in pf.rows], axis=1).astype(np.float64)
+        assert np.allclose(w, k / k.sum(1, keepdims=True), rtol=0, atol=1e-15)
+    # the same decisions dealt into other folds: the oracle still wins, its interval above 0
+    both = cv.bootstrap_differences(folds + other, "oracle", "noise", n_boot=200, seed=3)
+    assert both["aiq"][1] > 0
+
+
+def test_repeated_draws_need_the_same_prompts_with_rows():
+    rng = np.random.default_rng(2)
+    folds = _with_rows([_pool_fold(rng, P=50) for _ in range(2)])
+    stray = cv.PoolFold(folds[0].Y, folds[0].C_true, folds[0].C_pred, folds[0].Q, rows=folds[0].rows + 1000, draw=1)
+    with pytest.raises(ValueError, match="same prompts"):
+        cv.bootstrap_differences(folds + [stray], "oracle", "noise", n_boot=10)
+    bare = cv.PoolFold(folds[0].Y, folds[0].C_true, folds[0].C_pred, folds[0].Q, draw=1)
+    with pytest.raises(ValueError, match="rows"):
+        cv.bootstrap_differences(folds + [bare], "oracle", "noise", n_boot=10)
+
+
 def _synthetic_dataset(P=600, N=3, seed=0):
     """Two kinds of prompts (their encodings differ); model j is right on kind j % 2 with high probability."""
     rng = np.random.default_rng(seed)
@@ -119,6 +197,33 @@ def test_cross_validate_dataset_scores_every_prompt_once_and_finds_the_signal(tm
     assert not list((tmp_path / "cv").glob(".*.tmp"))
 
 
+def test_cross_validate_dataset_over_draws_scores_every_prompt_once_per_draw(tmp_path):
+    ds, x, prices = _synthetic_dataset(P=300)
+    fits = {"kNN": cv.fit_knn,
+            "prior": lambda x_, s, tr, va, g, memo: (lambda xb: np.tile(np.nanmean(s[tr], 0), (len(xb), 1)))}
+    result = cv.cross_validate_dataset(cv.CVResult(), ds, x, fits, prices=prices, draws=2)
+    folds = result.pools["all models"]
+    assert [pf.draw for pf in folds] == [0] * cv.N_FOLDS + [1] * cv.N_FOLDS
+    for d in (0, 1):
+        rows = np.concatenate([pf.rows for pf in folds if pf.draw == d])
+        assert np.array_equal(np.sort(rows), np.arange(ds.table.n_prompts))
+        assert np.array_equal(np.concatenate([pf.rows for pf in folds if pf.draw == d and pf.rows.size]),
+                              np.concatenate([np.flatnonzero(cv.fold_of(ds.table.prompts, draw=d) == f)
+                                              for f in range(cv.N_FOLDS)]))
+    # draw 0 is exactly the single-draw run
+    single = cv.cross_validate_dataset(cv.CVResult(), ds, x, fits, prices=prices)
+    for a, b in zip(single.pools["all models"], folds[:cv.N_FOLDS]):
+        assert np.array_equal(a.rows, b.rows) and all(np.array_equal(a.picks[n], b.picks[n]) for n in fits)
+    result.summarise(n_boot=20)
+    row = result.table["all models"]["kNN"]
+    assert len(row["per_fold"]) == 2 * cv.N_FOLDS and len(row["per_draw"]) == 2
+    assert row["aiq"] == pytest.approx(np.mean([d["aiq"] for d in row["per_draw"]]))
+    assert "5 folds x 2 draws" in result.to_markdown()
+    assert "[draw 1] k " in result.to_markdown()
+    with pytest.raises(ValueError, match="draws must"):
+        cv.cross_validate_dataset(cv.CVResult(), ds, x, fits, prices=prices, draws=0)
+
+
 def test_cross_validate_rejects_bad_arguments():
     ds, x, prices = _synthetic_dataset(P=60)
     with pytest.raises(ValueError, match="x must be"):
@@ -138,6 +243,8 @@ def test_cli_cv_rejects_bad_flags_before_any_work(capsys):
     assert "--predictors" in capsys.readouterr().err
     assert main(["cv", "--folds", "1"]) != 0
     assert "--folds" in capsys.readouterr().err
+    assert main(["cv", "--draws", "0"]) != 0
+    assert "--draws" in capsys.readouterr().err
 
 
 def test_recipe_fit_returns_the_chosen_recipes_val_probabilities():
@@ -156,6 +263,8 @@ def test_recipe_fit_returns_the_chosen_recipes_val_probabilities():
             q = fit.head.probs(torch.from_numpy(x[va])).numpy()
         np.testing.assert_allclose(fit.val_probs, q, atol=1e-5)
     assert (fit.recipe.logit_shrink, fit.recipe.interaction_shrink) == (0.7, 0.3)
+    assert not fit.refit and fit.refit_rows == 160
+    assert "trained on 160 train prompts" in fit.summary() and "refitted" not in fit.summary()
 
 
 def test_simplex_weights_pick_the_informative_part_and_platt_undoes_a_distortion():

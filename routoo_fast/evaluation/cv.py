@@ -17,6 +17,11 @@ Protocol, per dataset (`reproduce.DATASETS`):
   (the same draw for every predictor), recomputes each predictor's operating points from its fixed per-prompt
   decisions, and averages the per-fold metric over folds; the 2.5 / 97.5 % quantiles of the difference to the
   reference predictor (default: the better baseline of each metric) give the 95 % interval.
+- Repeated draws (`draws=R`, `routoo-fast cv --draws R`): the whole protocol runs on R independent deals of the
+  folds (`fold_of(..., draw=d)`; draw 0 is the deal above), and every metric is the mean over the R x 5 folds.
+  One fold deal can favour a predictor by which prompts land together; R deals average that out. The bootstrap
+  then resamples each prompt once per resample (stratified by draw 0's folds) and gives it that weight in every
+  draw, so the interval covers the prompts' sampling, not R times the same prompts counted as new ones.
 """
 from __future__ import annotations
 
@@ -45,11 +50,16 @@ Predict = Callable[[np.ndarray], np.ndarray]  # features [B, D] -> Q [B, N]
 FitPredictor = Callable[..., Predict]  # (features, scores, train_idx, val_idx, groups, memo) -> Predict
 
 
-def fold_of(prompts: Sequence[str], n_folds: int = N_FOLDS) -> np.ndarray:
-    """Fold id in [0, n_folds) per prompt [P] int64, from a hash of its text: identical texts share a fold."""
+def fold_of(prompts: Sequence[str], n_folds: int = N_FOLDS, draw: int = 0) -> np.ndarray:
+    """Fold id in [0, n_folds) per prompt [P] int64, from a hash of its text: identical texts share a fold.
+    draw 0 is the protocol's deal; draw d >= 1 salts the hash ("routoo-cv-fold/d"), an independent deal of the
+    same prompts for repeated cross-validation."""
     if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    return np.minimum((hash_unit(prompts, "routoo-cv-fold") * n_folds).astype(np.int64), n_folds - 1)
+    if not isinstance(draw, (int, np.integer)) or isinstance(draw, bool) or draw < 0:
+        raise ValueError(f"draw must be an integer >= 0, got {draw!r}")
+    salt = "routoo-cv-fold" if draw == 0 else f"routoo-cv-fold/{int(draw)}"
+    return np.minimum((hash_unit(prompts, salt) * n_folds).astype(np.int64), n_folds - 1)
 
 
 def inner_split(prompts: Sequence[str], rows, val_share: float = VAL_SHARE) -> tuple[np.ndarray, np.ndarray]:
@@ -242,7 +252,9 @@ class PoolFold:
     """One pool on one fold's test prompts with every outcome: the data every metric is computed from.
 
     Y, C_true [P, N]: true scores and costs; C_pred [P, N]: expected costs; Q {predictor: [P, N]};
-    picks {predictor: int [L, P]}: the model each lambda of the predictor's sweep picks per prompt.
+    picks {predictor: int [L, P]}: the model each lambda of the predictor's sweep picks per prompt;
+    rows [P]: the prompts' row ids in the dataset (None: this fold's own, for one draw only); draw: the fold
+    deal it comes from (`fold_of`).
     """
 
     Y: np.ndarray
@@ -250,6 +262,8 @@ class PoolFold:
     C_pred: np.ndarray
     Q: dict
     picks: dict = field(default_factory=dict)
+    rows: np.ndarray | None = None
+    draw: int = 0
 
     def __post_init__(self) -> None:
         from routoo_fast.selector import tradeoff
@@ -306,20 +320,57 @@ def _prediction_metrics(Y: np.ndarray, Q: np.ndarray) -> dict:
     return {"log_loss": loss, "ece": expected_calibration_error(Y.ravel(), q.ravel())}
 
 
+def _resample_weights(folds: Sequence[PoolFold], n_boot: int, rng) -> list[np.ndarray]:
+    """Per fold, bootstrap prompt weights [R, P] (rows sum to 1): the folds of the first fold's draw are resampled
+    with replacement, each on its own; a fold of another draw weights each of its prompts by the count that prompt
+    drew there (its row id in `PoolFold.rows`), renormalised. A row of all zeros means that fold drew nothing."""
+    base = [i for i, pf in enumerate(folds) if pf.draw == folds[0].draw]
+    if len(base) < len(folds) and any(pf.rows is None for pf in folds):
+        raise ValueError("folds of several draws need PoolFold.rows (their prompts' row ids) to share a resample")
+    weights: list = [None] * len(folds)
+    drawn_rows, drawn = [], []
+    for i in base:
+        P = folds[i].Y.shape[0]
+        k = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64)  # [R, P]
+        weights[i] = k / P
+        if folds[i].rows is not None:
+            drawn_rows.append(np.asarray(folds[i].rows, dtype=np.int64))
+            drawn.append(k)
+    if len(base) < len(folds):
+        rows = np.concatenate(drawn_rows)
+        k_all = np.concatenate(drawn, axis=1)
+        order = np.argsort(rows, kind="stable")
+        rows, k_all = rows[order], k_all[:, order]
+        for i, pf in enumerate(folds):
+            if weights[i] is not None:
+                continue
+            r = np.asarray(pf.rows, dtype=np.int64)
+            pos = np.minimum(np.searchsorted(rows, r), rows.size - 1)
+            if not np.array_equal(rows[pos], r):
+                raise ValueError(f"draw {pf.draw} holds prompts that draw {folds[0].draw} does not: every draw must "
+                                 "deal the same prompts")
+            k = k_all[:, pos]
+            weights[i] = k / np.maximum(k.sum(1, keepdims=True), 1.0)
+    return weights
+
+
 def bootstrap_differences(folds: Sequence[PoolFold], a: str, b: str, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Paired bootstrap of fold-mean metric differences a - b: {metric: (mean, low, high)} (95 % interval).
 
-    Each resample redraws every fold's test prompts with replacement (one draw shared by a and b)."""
+    Each resample redraws every fold's test prompts with replacement (one draw shared by a and b). With the
+    folds of several draws (repeated cross-validation), a prompt keeps its resampled count in every draw
+    (`_resample_weights`)."""
     rng = np.random.default_rng(seed)
     draws = {m: np.zeros(n_boot) for m in ("aiq", "gain")}
     counts = {m: np.zeros(n_boot) for m in draws}
-    for pf in folds:
-        P = pf.Y.shape[0]
-        W = rng.multinomial(P, np.full(P, 1.0 / P), size=n_boot).astype(np.float64) / P  # [R, P]
+    for pf, W in zip(folds, _resample_weights(folds, n_boot, rng)):
         sq, sc = W @ pf.Y, W @ pf.C_true  # [R, N]
         qa, ca = _points(pf, a, W.T)  # [L, R]
         qb, cb = _points(pf, b, W.T)
+        drew = W.sum(1) > 0
         for r in range(n_boot):
+            if not drew[r]:
+                continue  # this fold of a later draw drew none of its prompts
             ma = fold_metrics(qa[:, r], ca[:, r], sq[r], sc[r])
             mb = fold_metrics(qb[:, r], cb[:, r], sq[r], sc[r])
             for m in draws:
@@ -338,13 +389,25 @@ def bootstrap_differences(folds: Sequence[PoolFold], a: str, b: str, n_boot: int
     return out
 
 
+def _nanmean(values) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+
+
+def _per_draw(per_fold: Sequence[dict], draw_of: Sequence[int]) -> list[dict]:
+    """AIQ and gain of each draw: the mean over that draw's folds (NaN folds left out), in draw order."""
+    return [{k: _nanmean([m[k] for m, d in zip(per_fold, draw_of) if d == draw]) for k in ("aiq", "gain")}
+            for draw in sorted(set(draw_of))]
+
+
 # --------------------------------------------------------------------------------------------------- result
 @dataclass
 class CVResult:
     """Per pool: the per-fold PoolFolds, the metrics table and the bootstrap intervals."""
 
     pools: dict = field(default_factory=dict)  # pool name -> list[PoolFold]
-    table: dict = field(default_factory=dict)  # pool -> predictor -> {metric: fold mean}, "per_fold": [...]
+    # pool -> predictor -> {metric: mean over every fold of every draw}, "per_fold": [...], "per_draw": [...]
+    table: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)  # pool -> "a - b" -> {metric: (mean, lo, hi)}
     notes: list = field(default_factory=list)
     choices: dict = field(default_factory=dict)  # pool -> predictor -> per-fold descriptions (e.g. chosen knobs)
@@ -363,6 +426,7 @@ class CVResult:
                 rows[name] = {k: float(np.nanmean([m[k] for m in per_fold])) if any(
                     math.isfinite(m[k]) for m in per_fold) else math.nan for k in per_fold[0]}
                 rows[name]["per_fold"] = per_fold
+                rows[name]["per_draw"] = _per_draw(per_fold, [pf.draw for pf in folds])
             self.table[pool] = rows
             # every predictor that is not a baseline, against each baseline of the run
             self.intervals[pool] = {f"{a} - {b}": bootstrap_differences(folds, a, b, n_boot)
@@ -380,14 +444,17 @@ class CVResult:
         return out
 
     def to_markdown(self) -> str:
-        lines = ["# routoo_fast cross-validation (5 folds, true outcomes and costs)", ""]
+        draws = max((len(r["per_draw"]) for rows in self.table.values() for r in rows.values()), default=1)
+        lines = ["# routoo_fast cross-validation (5 folds" + (f" x {draws} draws" if draws > 1 else "")
+                 + ", true outcomes and costs)", ""]
         lines += [f"- {n}" for n in self.notes] + [""]
         verdict = self.verdicts()
         for pool, rows in self.table.items():
+            per_what = "AIQ per draw (mean of its folds)" if draws > 1 else "AIQ per fold"
             lines += [f"## {pool}", "", "| predictor | AIQ | gain at best's cost (pts) | cost to match (mean where reached) | log loss | "
-                      "ECE | AIQ per fold |", "|---|---:|---:|---:|---:|---:|---|"]
+                      f"ECE | {per_what} |", "|---|---:|---:|---:|---:|---:|---|"]
             for name, r in rows.items():
-                per = " ".join(f"{m['aiq']:.4f}" for m in r["per_fold"])
+                per = " ".join(f"{m['aiq']:.4f}" for m in (r["per_draw"] if draws > 1 else r["per_fold"]))
                 reached = sum(math.isfinite(m["match"]) for m in r["per_fold"])
                 match = _fmt(r["match"], ".3f") + ("" if reached in (0, len(r["per_fold"]))
                                                    else f" ({reached} of {len(r['per_fold'])} folds)")
@@ -440,22 +507,36 @@ def _fmt(v: float, spec: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- the run
-def cross_validate_dataset(result: CVResult, ds, x: np.ndarray, fits: Mapping[str, FitPredictor],
-                           n_folds: int = N_FOLDS, prices=None, log=None) -> CVResult:
-    """Add one dataset's folds to `result.pools` (not summarised): ds a `reproduce.Dataset`, x [P, D] its
-    pooled encodings, fits {predictor name: fit function}; prices the PriceTable (default: the shipped one)."""
-    from routoo_fast.costs import CostModel
+def _check_draws(draws) -> int:
+    if not isinstance(draws, (int, np.integer)) or isinstance(draws, bool) or draws < 1:
+        raise ValueError(f"draws must be an integer >= 1, got {draws!r}")
+    return int(draws)
 
+
+def cross_validate_dataset(result: CVResult, ds, x: np.ndarray, fits: Mapping[str, FitPredictor],
+                           n_folds: int = N_FOLDS, prices=None, log=None, draws: int = 1) -> CVResult:
+    """Add one dataset's folds to `result.pools` (not summarised): ds a `reproduce.Dataset`, x [P, D] its
+    pooled encodings, fits {predictor name: fit function}; prices the PriceTable (default: the shipped one);
+    draws: how many deals of the folds (`fold_of(..., draw=d)` for d < draws), each fitted and scored in full."""
     t = ds.table
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] != t.n_prompts:
         raise ValueError(f"x must be [P, D] with P = {t.n_prompts} prompts, got shape {x.shape}")
-    fold = fold_of(t.prompts, n_folds)
+    for d in range(_check_draws(draws)):
+        _cross_validate_draw(result, ds, x, fits, n_folds, prices, log, d, draws > 1)
+    return result
+
+
+def _cross_validate_draw(result: CVResult, ds, x, fits, n_folds, prices, log, draw: int, named: bool) -> None:
+    from routoo_fast.costs import CostModel
+
+    t = ds.table
+    fold = fold_of(t.prompts, n_folds, draw)
     for f in range(n_folds):
         te = np.flatnonzero(fold == f)
         tr, va = inner_split(t.prompts, np.flatnonzero(fold != f))
         if te.size == 0 or tr.size == 0 or va.size == 0:
-            raise ValueError(f"dataset {ds.name!r} fold {f} has {tr.size} train, {va.size} val, {te.size} test "
+            raise ValueError(f"dataset {ds.name!r} draw {draw} fold {f} has {tr.size} train, {va.size} val, {te.size} test "
                              "prompts: too few prompts for the folds")
         Q, memo = {}, {}
         for pname, fit in fits.items():
@@ -463,7 +544,8 @@ def cross_validate_dataset(result: CVResult, ds, x: np.ndarray, fits: Mapping[st
             Q[pname] = np.asarray(predict(x[te]), dtype=np.float64)
         for pool in ds.pools:
             for what, text in _fold_choices(memo).items():
-                result.choices.setdefault(pool, {}).setdefault(what, []).append(text)
+                result.choices.setdefault(pool, {}).setdefault(what, []).append(
+                    f"[draw {draw}] {text}" if named else text)
         cm = CostModel.from_table(t, prices, rows=np.concatenate([tr, va]),
                                   default_output_tokens=ds.default_output_tokens).fit_output_length(t, x, tr, va)
         sub = t.subset(te)
@@ -473,17 +555,17 @@ def cross_validate_dataset(result: CVResult, ds, x: np.ndarray, fits: Mapping[st
             Y = sub.scores[:, cols].astype(np.float64)
             ok = np.isfinite(Y).all(1) & np.isfinite(c_true[:, cols]).all(1)
             result.pools.setdefault(pool, []).append(PoolFold(
-                Y[ok], c_true[ok][:, cols], c_pred[ok][:, cols], {p: q[ok][:, cols] for p, q in Q.items()}))
+                Y[ok], c_true[ok][:, cols], c_pred[ok][:, cols], {p: q[ok][:, cols] for p, q in Q.items()},
+                rows=te[ok], draw=draw))
         if log is not None:
-            log(f"fold {f}: {tr.size} train, {va.size} val, {te.size} test")
-    return result
+            log(f"{f'draw {draw} ' if named else ''}fold {f}: {tr.size} train, {va.size} val, {te.size} test")
 
 
 def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[str] | Mapping[str, FitPredictor] = (
                    "routoo", "kNN", "MF"), n_folds: int = N_FOLDS, data_dir=None, cache_dir=None,
-                   n_boot: int = N_BOOT, progress: bool = False, log=print) -> CVResult:
+                   n_boot: int = N_BOOT, progress: bool = False, log=print, draws: int = 1) -> CVResult:
     """Run the protocol (module docstring) on `datasets` ("all" = `reproduce.DATASETS`) for `predictors` (names
-    in PREDICTORS, or {name: fit function}); returns the summarised CVResult."""
+    in PREDICTORS, or {name: fit function}) over `draws` deals of the folds; returns the summarised CVResult."""
     from routoo_fast.costs import PriceTable
     from routoo_fast.data.encoding_cache import features
     from routoo_fast.encoder import Encoder
@@ -504,12 +586,16 @@ def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[s
         fits = {p: PREDICTORS[p] for p in predictors}
     if not fits:
         raise ValueError("predictors must name at least one predictor")
+    draws = _check_draws(draws)
     encoder = Encoder.from_spec(load_router(DEFAULT_ROUTER).config["encoder"])
     prices = PriceTable.load()
     result = CVResult(notes=[f"{n_folds} folds by prompt-text hash; train / val = 7/8 / 1/8 of the rest by a second "
                              "hash; every choice made on train + val (on val, or by cross-fitting on train + val); "
                              "decisions with predicted Q and expected costs, scored with true outcomes and costs",
-                             f"intervals: paired bootstrap over prompts within folds, {n_boot} resamples, 95 %"])
+                             f"intervals: paired bootstrap over prompts within folds, {n_boot} resamples, 95 %"]
+                      + ([f"{draws} draws of the folds (fold hash salted per draw); every metric is the mean over "
+                          f"all {draws} x {n_folds} folds; the bootstrap gives each prompt one resampled count shared "
+                          "by every draw"] if draws > 1 else []))
     for name, fit in fits.items():
         doc = (fit.__doc__ or "").strip().splitlines()
         result.notes.append(f"{name}: {doc[0] if doc else 'a predictor passed in'}")
@@ -518,6 +604,7 @@ def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[s
         ds = load_dataset(dname, data_dir, prices)
         x = features(ds.table.prompts, encoder, cache_dir, progress)
         cross_validate_dataset(result, ds, x, fits, n_folds, prices,
-                               log=None if log is None else (lambda m: log(f"{dname} {m} ({time.perf_counter() - t0:.0f} s)")))
+                               log=None if log is None else (lambda m: log(f"{dname} {m} ({time.perf_counter() - t0:.0f} s)")),
+                               draws=draws)
     result.summarise(n_boot=n_boot)
     return result

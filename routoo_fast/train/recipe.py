@@ -191,14 +191,16 @@ class RecipeFit:
     refit_rows: int = 0
     val_probs: np.ndarray | None = None  # [len(val_idx), N] Q of the chosen recipe on val, before the refit
     select_folds: int = 1  # K of the knob choice: 1 = on val, K >= 2 = out-of-fold over K folds of train + val
+    refit: bool = True  # False: the head is the one trained on the train rows, early-stopped on val
 
     def summary(self) -> str:
         r = self.recipe
         where = "on val" if self.select_folds < 2 else f"by {self.select_folds}-fold cross-fitting on train + val"
+        trained = (f"refitted on {self.refit_rows} train + val prompts for {self.epochs} epochs" if self.refit else
+                   f"trained on {self.refit_rows} train prompts, early-stopped on val at {self.epochs} epochs (no refit)")
         return (f"recipe chosen {where} from {len(self.grid)} grid points: hidden {r.hidden}, beta {r.beta}, "
                 f"{r.n_seeds} seeds, logit shrink {r.logit_shrink}, interaction shrink {r.interaction_shrink} "
-                f"(held-out log loss {self.val_loss:.4f}); refitted "
-                f"on {self.refit_rows} train + val prompts for {self.epochs} epochs")
+                f"(held-out log loss {self.val_loss:.4f}); {trained}")
 
 
 def _masked_log_loss(logits: np.ndarray, y: np.ndarray) -> float:
@@ -354,7 +356,7 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
     return RecipeFit(head=head, recipe=chosen, grid=results, epochs=epochs, val_loss=choice["val_loss"],
                      refit_rows=int(fit_rows.size) if refit else int(tr.size),
                      val_probs=(1.0 / (1.0 + np.exp(-z[position[va]]))).astype(np.float32),
-                     select_folds=len(splits))
+                     select_folds=len(splits), refit=bool(refit))
 
 
 def fit_count(grid=GRID, recipe: Recipe | None = None, refit: bool = True, select_folds: int = 1) -> int:
