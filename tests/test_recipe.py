@@ -255,6 +255,13 @@ def test_cross_fitting_falls_back_to_the_val_split_with_too_few_distinct_prompts
     rng = np.random.default_rng(4)
     x = np.repeat(rng.normal(size=(3, 4)).astype(np.float32), 10, axis=0)  # 3 distinct prompts, 30 rows
     y = (rng.random((30, 2)) < 0.5).astype(np.float32)
-    fit = rc.fit_recipe(x, y, np.arange(20), np.arange(20, 30), grid={}, select_folds=5,
-                        recipe=rc.Recipe(hidden=4, n_seeds=1, epochs=5, patience=2))
+    class Count:
+        n = 0
+
+        def update(self, m):
+            self.n += m
+    bar = Count()
+    recipe = rc.Recipe(hidden=4, n_seeds=1, epochs=5, patience=2)
+    fit = rc.fit_recipe(x, y, np.arange(20), np.arange(20, 30), grid={}, select_folds=5, recipe=recipe, progress=bar)
     assert fit.select_folds == 1 and fit.val_probs.shape == (10, 2)
+    assert bar.n == rc.fit_count({}, recipe, select_folds=5)  # the bar still ends at its total

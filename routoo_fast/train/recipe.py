@@ -289,6 +289,8 @@ def fit_recipe(features, scores, train_idx, val_idx, groups=None, recipe: Recipe
         # too few distinct prompts for K folds with outcomes on both sides: the val split chooses instead
         if all(np.isfinite(y[fit_part]).any() and np.isfinite(y[held_part]).any() for fit_part, held_part in folds):
             splits = folds
+        elif progress is not None:  # fit_count counted K folds of fits; the val split trains one
+            progress.update(len(hiddens) * len(betas) * max(seeds) * (int(k) - 1))
     # held-out rows of every split, each row once: its raw logits per (hidden, beta, n_seeds) and its split's prior
     held = np.concatenate([h for _, h in splits])
     logit_prior = np.empty((held.size, y.shape[1]))
