@@ -423,8 +423,7 @@ class CVResult:
                     m = fold_metrics(*_points(pf, name), pf.Y.mean(0), pf.C_true.mean(0))
                     m.update(_prediction_metrics(pf.Y, pf.Q[name]))
                     per_fold.append(m)
-                rows[name] = {k: float(np.nanmean([m[k] for m in per_fold])) if any(
-                    math.isfinite(m[k]) for m in per_fold) else math.nan for k in per_fold[0]}
+                rows[name] = {k: _nanmean([m[k] for m in per_fold]) for k in per_fold[0]}
                 rows[name]["per_fold"] = per_fold
                 rows[name]["per_draw"] = _per_draw(per_fold, [pf.draw for pf in folds])
             self.table[pool] = rows
