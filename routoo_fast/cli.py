@@ -20,6 +20,8 @@ from .encoder import CHARS_PER_TOKEN
 __all__ = ["main", "build_parser"]
 
 PROG = "routoo-fast"
+ENCODER_HELP = ("a local Hugging Face encoder folder (config.json, tokenizer, weights), e.g. a larger sentence "
+                "encoder; default: the shipped all-MiniLM-L6-v2")
 DEFAULT_Q_CACHE_BYTES = 64 * 1024 * 1024  # the server's exact-repeat cache: about 230,000 prompts at 29 models
 _SERVE_ARGV_ENV = "ROUTOO_SERVE_ARGV"  # how `serve --workers N` hands its arguments to each worker process
 
@@ -273,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the recipe's knobs are chosen: K >= 2 by K-fold cross-fitting on train + val (K times "
                         "the head fits), 1 on the val split (default: 5 below 4,000 train + val prompts, else 1)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
+    p.add_argument("--encoder", default=None, metavar="DIR", help=ENCODER_HELP)
     _add_quiet_threads(p)
     p.set_defaults(func=cmd_train)
 
@@ -305,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="the shared real-data folder (default: $ROUTOO_SHARED_DATA or ../shared/data)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where pooled prompt encodings are cached")
+    p.add_argument("--encoder", default=None, metavar="DIR", help=ENCODER_HELP)
     _add_quiet_threads(p)
     p.set_defaults(func=cmd_cv)
 
@@ -672,7 +676,8 @@ def cmd_train(args) -> int:
     train_and_save(args.output, data=args.data, prices_file=args.prices, equal_cost=args.equal_cost,
                    test_fraction=args.test_fraction, output_tokens=args.output_tokens, duplicates=args.duplicates,
                    group_column=args.group_column, cache_dir=args.cache_dir, num_threads=args.threads,
-                   progress=not args.quiet, echo=None if args.quiet else print, select_folds=args.select_folds)
+                   progress=not args.quiet, echo=None if args.quiet else print, select_folds=args.select_folds,
+                   encoder_path=args.encoder)
     print(f"saved router to {args.output}")
     return 0
 
@@ -725,6 +730,7 @@ def cmd_cv(args) -> int:
         raise UserError(f"--draws must be >= 1, got {args.draws}")
     result = cross_validate(datasets, predictors, n_folds=args.folds, draws=args.draws, data_dir=args.data_dir,
                             cache_dir=args.cache_dir, n_boot=args.bootstrap, progress=not args.quiet,
+                            encoder=args.encoder,
                             log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     md = result.write(args.out)
     if not args.quiet:

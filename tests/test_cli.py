@@ -207,8 +207,8 @@ def test_demo_routes_examples(capsys, router_dir):
     assert len(decisions) == 4 * len(cli.EXAMPLE_PROMPTS)
 
 
-def test_train_command_then_route(capsys, tmp_path):
-    """`train` on a small long-format outcome file writes a router directory that `route` then loads."""
+def _small_outcomes(tmp_path):
+    """A long-format outcome file: 40 prompts x the first 3 test models, with output lengths."""
     from small_router import MODELS
 
     rows = ["prompt,model,score,output_tokens"]
@@ -218,6 +218,14 @@ def test_train_command_then_route(capsys, tmp_path):
             rows.append(f'"Question {i}: what is {i} times {j + 2}?",{model},{score},{50 + 10 * j}')
     data = tmp_path / "outcomes.csv"
     data.write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_train_command_then_route(capsys, tmp_path):
+    """`train` on a small long-format outcome file writes a router directory that `route` then loads."""
+    from small_router import MODELS
+
+    data = _small_outcomes(tmp_path)
     out_dir = tmp_path / "trained"
     code, out, err = run_main(capsys, "train", str(out_dir), "--data", str(data), "--quiet",
                               "--cache-dir", str(tmp_path / "cache"))
@@ -233,6 +241,33 @@ def test_train_command_then_route(capsys, tmp_path):
     code, out, err = run_main(capsys, "train", str(tmp_path / "on_val"), "--data", str(data), "--select-folds", "1",
                               "--cache-dir", str(tmp_path / "cache"))
     assert code == 0 and "recipe chosen on val" in out, err
+
+
+def test_train_with_your_own_encoder_then_route(capsys, tmp_path, monkeypatch):
+    """`train --encoder DIR` trains the head on that encoder's encodings (its own width), records the folder's
+    absolute path and weight digest, and `route` loads it from there; a missing folder is named, before any work."""
+    from small_router import MODELS
+    from tiny_encoder import TINY_HIDDEN, make_tiny_encoder
+
+    from routoo_fast.saved import load_router
+
+    data = _small_outcomes(tmp_path)
+    make_tiny_encoder(tmp_path / "my_encoder")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "train", "mine", "--data", str(data), "--encoder", "my_encoder", "--quiet",
+                              "--cache-dir", "cache")
+    assert code == 0, err
+    saved = load_router(tmp_path / "mine")
+    spec = saved.config["encoder"]
+    assert spec["path"] == str((tmp_path / "my_encoder").resolve())
+    assert spec["encoder_id"].startswith("my_encoder@sha256:")
+    assert saved.config["head"]["d_in"] == TINY_HIDDEN
+    code, out, err = run_main(capsys, "route", "Question 3: what is 3 times 2?", "--router", "mine", "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"] in MODELS[:3]
+    code, _, err = run_main(capsys, "train", "other", "--data", str(data), "--encoder", "no_such_dir", "--quiet")
+    assert code == 1 and "no_such_dir" in err and "is not a folder" in err and "Traceback" not in err
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

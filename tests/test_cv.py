@@ -294,3 +294,29 @@ def test_knnfeat_feeds_the_head_leave_one_out_rates():
     assert Q.shape == (te.size, t.scores.shape[1]) and np.all((Q > 0) & (Q < 1))
     prior = np.tile(np.nanmean(t.scores[tr], 0), (te.size, 1))
     assert cv._log_loss(Q, t.scores[te]) < cv._log_loss(prior, t.scores[te])
+
+
+def test_cross_validate_on_your_own_encoder(tmp_path, capsys):
+    """`encoder=` (CLI `--encoder DIR`): every predictor reads that encoder's encodings, named in the report's
+    notes; a missing folder is an error naming it before any work."""
+    from tiny_encoder import TINY_HIDDEN, make_tiny_encoder
+
+    from routoo_fast.cli import main
+    from routoo_fast.data import shared_data_dir
+
+    assert main(["cv", "--datasets", "zeroeval_math", "--encoder", str(tmp_path / "no_such_dir"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_dir" in err and "is not a folder" in err and "Traceback" not in err
+    if shared_data_dir() is None:
+        pytest.skip("the shared real-data folder is not available")
+    folder = make_tiny_encoder(tmp_path / "my_encoder")
+    result = cv.cross_validate("zeroeval_math", ("kNN",), cache_dir=tmp_path / "cache", n_boot=20, log=None,
+                               encoder=folder)
+    assert any(n.startswith("encodings: my_encoder@sha256:") for n in result.notes)
+    from routoo_fast.data.encoding_cache import load_cache
+
+    cached = load_cache(next(n for n in result.notes if n.startswith("encodings: "))[len("encodings: "):],
+                        tmp_path / "cache")
+    assert cached and all(v.shape == (TINY_HIDDEN,) for v in cached.values())
+    (rows,) = result.table.values()
+    assert math.isfinite(rows["kNN"]["aiq"]) and len(rows["kNN"]["per_fold"]) == cv.N_FOLDS

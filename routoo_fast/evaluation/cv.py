@@ -562,9 +562,11 @@ def _cross_validate_draw(result: CVResult, ds, x, fits, n_folds, prices, log, dr
 
 def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[str] | Mapping[str, FitPredictor] = (
                    "routoo", "kNN", "MF"), n_folds: int = N_FOLDS, data_dir=None, cache_dir=None,
-                   n_boot: int = N_BOOT, progress: bool = False, log=print, draws: int = 1) -> CVResult:
+                   n_boot: int = N_BOOT, progress: bool = False, log=print, draws: int = 1,
+                   encoder=None) -> CVResult:
     """Run the protocol (module docstring) on `datasets` ("all" = `reproduce.DATASETS`) for `predictors` (names
-    in PREDICTORS, or {name: fit function}) over `draws` deals of the folds; returns the summarised CVResult."""
+    in PREDICTORS, or {name: fit function}) over `draws` deals of the folds; returns the summarised CVResult.
+    encoder: a local encoder folder, or an Encoder, every predictor reads (None: the shipped router's)."""
     from routoo_fast.costs import PriceTable
     from routoo_fast.data.encoding_cache import features
     from routoo_fast.encoder import Encoder
@@ -586,12 +588,16 @@ def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[s
     if not fits:
         raise ValueError("predictors must name at least one predictor")
     draws = _check_draws(draws)
-    encoder = Encoder.from_spec(load_router(DEFAULT_ROUTER).config["encoder"])
+    if encoder is None:
+        encoder = Encoder.from_spec(load_router(DEFAULT_ROUTER).config["encoder"])
+    elif not isinstance(encoder, Encoder):
+        encoder = Encoder(path=Path(encoder).expanduser().resolve())
     prices = PriceTable.load()
     result = CVResult(notes=[f"{n_folds} folds by prompt-text hash; train / val = 7/8 / 1/8 of the rest by a second "
                              "hash; every choice made on train + val (on val, or by cross-fitting on train + val); "
                              "decisions with predicted Q and expected costs, scored with true outcomes and costs",
-                             f"intervals: paired bootstrap over prompts within folds, {n_boot} resamples, 95 %"]
+                             f"intervals: paired bootstrap over prompts within folds, {n_boot} resamples, 95 %",
+                             f"encodings: {encoder.encoder_id}"]
                       + ([f"{draws} draws of the folds (fold hash salted per draw); every metric is the mean over "
                           f"all {draws} x {n_folds} folds; the bootstrap gives each prompt one resampled count shared "
                           "by every draw"] if draws > 1 else []))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -263,15 +264,21 @@ def train_and_save(output, data="default", prices_file=None, equal_cost: bool = 
                    test_fraction: float = DEFAULT_TEST_FRACTION, output_tokens: float | None = None,
                    duplicates: str = "error", group_column: str | None = None, cache_dir=None,
                    num_threads: int | None = None, progress: bool = True, echo=print,
-                   select_folds: int | None = None) -> TrainedRouter:
+                   select_folds: int | None = None, encoder_path=None) -> TrainedRouter:
     """The `routoo-fast train` entry point: read outcomes ('default' = the bundled MMLU-Pro part, else a
     long-format file), check them and the prices, train the recipe, save the router to `output` (atomically),
-    print the summary (echo=None: silent)."""
+    print the summary (echo=None: silent). encoder_path: a local Hugging Face encoder folder (None: the shipped
+    all-MiniLM-L6-v2); the router records its absolute path and the sha256 of its weights."""
     from routoo_fast.data import load_outcomes
 
     table = load_outcomes(data, duplicates=duplicates)
     prices = None if equal_cost else load_prices(prices_file)
-    trained = train_router(table, prices=prices, equal_cost=equal_cost, default_output_tokens=output_tokens,
+    encoder = None
+    if encoder_path is not None:
+        from routoo_fast.encoder import Encoder
+
+        encoder = Encoder(path=Path(encoder_path).expanduser().resolve(), num_threads=num_threads)
+    trained = train_router(table, encoder, prices=prices, equal_cost=equal_cost, default_output_tokens=output_tokens,
                            test_fraction=test_fraction, group_column=group_column, cache_dir=cache_dir,
                            num_threads=num_threads, progress=progress, select_folds=select_folds)
     trained.save(output, metadata={"data": str(data),
