@@ -254,9 +254,10 @@ def test_train_with_your_own_encoder_then_route(capsys, tmp_path, monkeypatch):
     data = _small_outcomes(tmp_path)
     make_tiny_encoder(tmp_path / "my_encoder")
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(capsys, "train", "mine", "--data", str(data), "--encoder", "my_encoder", "--quiet",
+    code, out, err = run_main(capsys, "train", "mine", "--data", str(data), "--encoder", "my_encoder",
                               "--cache-dir", "cache")
     assert code == 0, err
+    assert f"encoder: {(tmp_path / 'my_encoder').resolve()} (my_encoder@sha256:" in out
     saved = load_router(tmp_path / "mine")
     spec = saved.config["encoder"]
     assert spec["path"] == str((tmp_path / "my_encoder").resolve())

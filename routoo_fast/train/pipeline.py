@@ -75,6 +75,8 @@ class TrainedRouter:
                  f"({val_use}), {n['test']} test (held out for the report below, never "
                  f"trained on); the head was refitted on train + val ({n['train'] + n['val']} prompts)",
                  self.recipe_fit.summary()]
+        if self.encoder_spec.get("path") is not None:  # not the shipped encoder: say which weights the head needs
+            lines.append(f"encoder: {self.encoder_spec['path']} ({self.encoder_spec['encoder_id']})")
         if self.group_column:
             lines.append(f"soft targets grouped by the {self.group_column!r} column (training only)")
         cm = self.cost_model
