@@ -220,6 +220,9 @@ def test_cross_validate_dataset_over_draws_scores_every_prompt_once_per_draw(tmp
     assert row["aiq"] == pytest.approx(np.mean([d["aiq"] for d in row["per_draw"]]))
     assert "5 folds x 2 draws" in result.to_markdown()
     assert "[draw 1] k " in result.to_markdown()
+    three = cv.cross_validate_dataset(cv.CVResult(), ds, x, {"kNN": cv.fit_knn}, n_folds=3, prices=prices)
+    three.summarise(n_boot=20)
+    assert three.to_markdown().startswith("# routoo_fast cross-validation (3 folds, ")
     with pytest.raises(ValueError, match="draws must"):
         cv.cross_validate_dataset(cv.CVResult(), ds, x, fits, prices=prices, draws=0)
 

@@ -444,7 +444,8 @@ class CVResult:
 
     def to_markdown(self) -> str:
         draws = max((len(r["per_draw"]) for rows in self.table.values() for r in rows.values()), default=1)
-        lines = ["# routoo_fast cross-validation (5 folds" + (f" x {draws} draws" if draws > 1 else "")
+        folds = max((len(r["per_fold"]) for rows in self.table.values() for r in rows.values()), default=0) // draws
+        lines = [f"# routoo_fast cross-validation ({folds} folds" + (f" x {draws} draws" if draws > 1 else "")
                  + ", true outcomes and costs)", ""]
         lines += [f"- {n}" for n in self.notes] + [""]
         verdict = self.verdicts()
