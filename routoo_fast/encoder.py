@@ -130,7 +130,7 @@ def build_from_spec(cls, spec: dict, overrides: dict, allowed: set):
 class Encoder:
     """A local HF transformer as a prompt encoder.
 
-    path: local model folder (None = shipped all-MiniLM-L6-v2). max_length: truncation length in tokens.
+    path: local model folder (None = shipped all-MiniLM-L6-v2; recorded absolute). max_length: truncation length in tokens.
     batch_size: prompts per forward pass. num_threads: torch intra-op threads (process-wide; None = leave as is).
     pooling: "mean" or "last". device: "cpu", "cuda", ... (None = cuda when available, else cpu).
     max_batch_tokens: a batch is also cut before its padded size (prompts x longest) would pass this.
@@ -153,8 +153,9 @@ class Encoder:
         if num_threads is not None:
             torch.set_num_threads(_positive_int("num_threads", num_threads))
         self.num_threads = num_threads
-        self.path = None if path is None else str(path)
-        folder = Path(default_model_path() if path is None else path)
+        # absolute, so that a saved router's spec loads from any working directory
+        self.path = None if path is None else str(Path(path).expanduser().resolve())
+        folder = Path(default_model_path() if path is None else self.path)
         if not folder.is_dir():
             raise FileNotFoundError(f"encoder path {str(folder)!r} is not a folder (expected a local HF model "
                                     "folder with config.json, tokenizer and weights)")

@@ -343,8 +343,9 @@ class OnnxEncoder:
             import torch
 
             torch.set_num_threads(1)
-        self.path = None if path is None else str(path)
-        folder = Path(default_model_path() if path is None else path)
+        # absolute, so that a saved router's spec loads from any working directory
+        self.path = None if path is None else str(Path(path).expanduser().resolve())
+        folder = Path(default_model_path() if path is None else self.path)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"encoder path {str(folder)!r} is not a local HF model folder with config.json")
         if not (folder / "tokenizer.json").is_file():

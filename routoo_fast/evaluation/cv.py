@@ -592,7 +592,7 @@ def cross_validate(datasets: Sequence[str] | str = "all", predictors: Sequence[s
     if encoder is None:
         encoder = Encoder.from_spec(load_router(DEFAULT_ROUTER).config["encoder"])
     elif not isinstance(encoder, Encoder):
-        encoder = Encoder(path=Path(encoder).expanduser().resolve())
+        encoder = Encoder(path=encoder)
     prices = PriceTable.load()
     result = CVResult(notes=[f"{n_folds} folds by prompt-text hash; train / val = 7/8 / 1/8 of the rest by a second "
                              "hash; every choice made on train + val (on val, or by cross-fitting on train + val); "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -279,7 +278,7 @@ def train_and_save(output, data="default", prices_file=None, equal_cost: bool = 
     if encoder_path is not None:
         from routoo_fast.encoder import Encoder
 
-        encoder = Encoder(path=Path(encoder_path).expanduser().resolve(), num_threads=num_threads)
+        encoder = Encoder(path=encoder_path, num_threads=num_threads)
     trained = train_router(table, encoder, prices=prices, equal_cost=equal_cost, default_output_tokens=output_tokens,
                            test_fraction=test_fraction, group_column=group_column, cache_dir=cache_dir,
                            num_threads=num_threads, progress=progress, select_folds=select_folds)
